@@ -1,0 +1,189 @@
+"""The strategy protocol, the default functional adaptation, shared training helpers.
+
+A strategy is a handful of methods over plain state (DESIGN section 5)::
+
+    setup(model, spec, device, seed)   build optimiser / memory; own RNG seeded from ``seed``
+    learn(task) -> dict                consume one task's training data (no test data)
+    adapt(support, steps)              yield the adapted state after 0, 1, ..., steps steps
+    predict(state, x) -> outputs       outputs for x of shape (E, Q, ...), batched over episodes
+    state_dict() / load_state_dict()   everything needed to resume, memories included
+
+The default :meth:`Strategy.adapt` is full-batch gradient descent on each episode's support
+set with ``torch.func`` (``functional_call`` + ``grad``, vectorised over episodes with
+``vmap``): the base model is never modified, and step k's state costs one batched gradient.
+
+Example:
+    >>> import strategies, scenarios, torch
+    >>> stream = scenarios.build("split-digits", {"num_tasks": 2}, seed=0)
+    >>> strategy = strategies.build("finetune", {"epochs": 1})
+    >>> model = strategies.build_model("mlp", {}, stream.spec)
+    >>> strategy.setup(model, stream.spec, "cpu", seed=0)
+    >>> logs = strategy.learn(stream[0].training_view())
+    >>> eps = stream[0].episodes("test", 4, 2, 3, torch.Generator().manual_seed(0))
+    >>> states = list(strategy.adapt(eps.support, steps=2))
+    >>> strategy.predict(states[-1], eps.query_x).shape
+    torch.Size([4, 6, 10])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from scenarios.base import Params, StreamSpec, Support, Task
+
+
+class StrategyConfig(Params):
+    """Fields every strategy has; subclasses add their own."""
+
+    adapt_lr: float = Field(0.1, gt=0, description="learning rate of the evaluation-time adaptation steps")
+
+
+class DivergenceError(RuntimeError):
+    """A training loss became NaN or infinite; the message names strategy, task and step."""
+
+
+@dataclass(frozen=True)
+class AdaptState:
+    """Parameters after some adaptation steps; ``batched`` means a leading episode dimension."""
+
+    params: dict[str, Tensor]
+    batched: bool
+
+
+def task_loss(outputs: Tensor, targets: Tensor, kind: str, mask: Tensor | None = None) -> Tensor:
+    """Mean loss of ``outputs`` against ``targets``: cross-entropy over the allowed outputs
+    (``mask``, broadcastable to ``outputs``) for classification, MSE for regression."""
+    if kind == "regression":
+        return F.mse_loss(outputs, targets)
+    if mask is not None:
+        outputs = outputs.masked_fill(~mask, float("-inf"))
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+
+def check_finite(loss: Tensor, strategy: str, task: str, step: int) -> None:
+    """Raise :class:`DivergenceError` if ``loss`` is NaN or infinite."""
+    if not torch.isfinite(loss).all():
+        raise DivergenceError(f"strategy {strategy!r} diverged on task {task!r} by step {step}: "
+                              f"loss is {loss.item()}")
+
+
+class Strategy:
+    """Base class holding the protocol's shared machinery.
+
+    Subclasses set ``name`` and ``Config`` and implement :meth:`learn`; they extend
+    :meth:`state_dict`/:meth:`load_state_dict` with their own memories.
+    """
+
+    name: ClassVar[str] = "strategy"
+    Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+
+    def __init__(self, config: StrategyConfig | None = None, label: str | None = None):
+        self.config = config if config is not None else self.Config()
+        self.label = label or self.name
+        self.model: nn.Module | None = None
+
+    # -- protocol -------------------------------------------------------------------------
+    def setup(self, model: nn.Module, spec: StreamSpec, device: torch.device | str, seed: int = 0) -> None:
+        """Take ownership of ``model`` on ``device`` and seed the strategy's own RNG."""
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.spec = spec
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def learn(self, task: Task) -> dict[str, Any]:
+        """Consume one task's training data; return logs (plain numbers)."""
+        raise NotImplementedError
+
+    def adapt(self, support: Support, steps: int) -> Iterator[AdaptState]:
+        """Yield the state after 0, 1, ..., ``steps`` gradient steps on each support set.
+
+        The steps use ``config.adapt_lr``; the episodes adapt independently and together
+        (one ``vmap`` over the episode dimension per step). State 0 is the model as it is.
+        """
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        state = AdaptState(params, batched=False)
+        yield state
+        if steps == 0:
+            return
+        buffers = dict(self.model.named_buffers())
+        kind, mask, lr = self.spec.kind, support.mask, self.config.adapt_lr
+
+        def support_loss(p, x, y):
+            return task_loss(functional_call(self.model, (p, buffers), (x,)), y, kind, mask)
+
+        step_grad = {False: vmap(grad(support_loss), in_dims=(None, 0, 0)),
+                     True: vmap(grad(support_loss), in_dims=(0, 0, 0))}
+        for _ in range(steps):
+            grads = step_grad[state.batched](state.params, support.x, support.y)
+            state = AdaptState({n: p - lr * grads[n] for n, p in state.params.items()}, batched=True)
+            yield state
+
+    def predict(self, state: AdaptState, x: Tensor) -> Tensor:
+        """Outputs of the model with ``state``'s parameters for ``x`` of shape (E, Q, ...)."""
+        buffers = dict(self.model.named_buffers())
+        if not state.batched:
+            flat = functional_call(self.model, (state.params, buffers), (x.flatten(0, 1),))
+            return flat.reshape(*x.shape[:2], *flat.shape[1:])
+        return vmap(lambda p, xe: functional_call(self.model, (p, buffers), (xe,)))(state.params, x)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model weights and the RNG state; subclasses add optimisers and memories."""
+        return {"model": self.model.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.generator.set_state(state["generator"])
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def loss(self, outputs: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+        return task_loss(outputs, targets, self.spec.kind, mask)
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float = 0.0) -> torch.optim.Optimizer:
+    """``sgd`` or ``adam`` over ``params``."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def train_minibatches(strategy: Strategy, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                      mask: Tensor | None, epochs: int, batch_size: int, task_name: str) -> dict[str, Any]:
+    """Plain minibatch training of ``strategy.model`` on (x, y) for ``epochs`` passes.
+
+    Batches are drawn from the strategy's generator (reproducible); ``mask`` is None, (out,)
+    or (N, out) per example. Returns the mean loss of the last epoch and the number of steps.
+    """
+    model, n = strategy.model, x.shape[0]
+    model.train()
+    step, epoch_loss = 0, torch.zeros((), device=x.device)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=strategy.generator).to(x.device)
+        epoch_loss = torch.zeros((), device=x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            batch_mask = mask[idx] if mask is not None and mask.dim() == 2 else mask
+            loss = strategy.loss(model(x[idx]), y[idx], batch_mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.detach() * len(idx)
+            step += 1
+        check_finite(epoch_loss, strategy.label, task_name, step)
+    return {"train_loss": float(epoch_loss) / n, "steps": step}
+
+
+class MinibatchConfig(StrategyConfig):
+    """Options of the strategies trained by plain minibatch gradient descent."""
+
+    lr: float = Field(0.1, gt=0, description="learning rate of training")
+    epochs: int = Field(5, gt=0, description="passes over the training data of each task")
+    batch_size: int = Field(32, gt=0, description="examples per minibatch")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="training optimiser")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
