@@ -135,7 +135,7 @@ def _problems(err: ValidationError, prefix: str, model: type[Params]) -> list[tu
         loc = [str(p) for p in e["loc"]]
         path = ".".join(([prefix] if prefix else []) + loc)
         if e["type"] == "extra_forbidden":
-            msg = f"unknown key; valid keys: {', '.join(model.model_fields)}"
+            msg = f"unknown key (valid keys: {', '.join(model.model_fields)})"
         elif e["type"] in _MESSAGES:
             msg = _MESSAGES[e["type"]](e)
         else:
@@ -159,7 +159,7 @@ def _lookup(registry, name: Any, path: str, problems: list):
     try:
         return registry.get(name)
     except KeyError:
-        problems.append((path, f"unknown {registry.what} {name!r}; valid: {', '.join(registry.names())}"))
+        problems.append((path, f"unknown {registry.what} {name!r} (valid: {', '.join(registry.names())})"))
         return None
 
 
