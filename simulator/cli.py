@@ -1,11 +1,15 @@
 """The ``lifelong`` command line.
 
     lifelong run EXPERIMENT.toml [--set key=value ...] [--seeds 0,1,2] [--device cpu|cuda|auto] [--out DIR] [--quiet]
+    lifelong report RUN_DIR [RUN_DIR ...] [--out DIR]
     lifelong list
+    lifelong data download NAME [--data-root DIR] [--timeout SECONDS]
+    lifelong data check [NAME ...] [--data-root DIR]
 
 Exit status: 0 on success; 2 for a user mistake (bad experiment file, bad option, CUDA asked
-for and absent), with a one-paragraph message and no traceback; 1 when a run fails (for
-example a diverging loss), after saving every run that finished.
+for and absent, a data file missing or damaged), with a one-paragraph message and no
+traceback; 1 when a run fails (for example a diverging loss), after saving every run that
+finished, or when ``data download`` cannot fetch a file (no internet, server error).
 """
 
 from __future__ import annotations
@@ -33,16 +37,90 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run an experiment file and write its run directory",
                        description="Run every strategy x seed of an experiment file; write config.json, "
-                                   "results.json, tensors.npz and report.md to the output directory.")
-    r.add_argument("experiment", help="experiment file (TOML)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, e.g. strategies.finetune.lr=0.05 or scenario.num_tasks=3 (repeatable)")
-    r.add_argument("--seeds", type=_seeds, help="comma-separated seeds, replacing the file's (e.g. 0,1,2)")
-    r.add_argument("--device", choices=["cpu", "cuda", "auto"], help="replace the file's device")
+                                   "results.json, tensors.npz and the report (index.html, report.md) to the "
+                                   "output directory.")
+    _experiment_options(r)
+    r.add_argument("--data-root", metavar="DIR",
+                   help="folder of the data files, replacing the file's data_root and $LIFELONG_DATA (default ./data)")
     r.add_argument("--out", help="output directory (default: reports/<experiment name>)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: keep finished runs, resume the "
+                        "interrupted one from its last task checkpoint")
     r.add_argument("--quiet", action="store_true", help="print only the final line")
+    sw = sub.add_parser("sweep", help="run the grid of an experiment file's [sweep] table as trials",
+                        description="Expand the [sweep] grid x strategies x seeds into trials and run the "
+                                    "unfinished ones; results go to results.db, trials/<id>/ and summary.md. "
+                                    "Run it again to skip finished trials and resume interrupted ones.")
+    _experiment_options(sw)
+    sw.add_argument("--out", help="output directory (default: reports/<experiment name>-sweep)")
+    sw.add_argument("--workers", type=int, default=1, help="parallel trials (default 1: in this process)")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local process pool (default) or Ray tasks")
+    sw.add_argument("--address", help="address of an existing Ray cluster (with --backend ray), e.g. 10.0.0.5:6379")
+    sw.add_argument("--quiet", action="store_true", help="print only the final lines")
+    ex = sub.add_parser("export", help="write the metrics of a run or sweep directory's results.db as CSV")
+    ex.add_argument("directory", help="a sweep output directory (holding results.db)")
+    ex.add_argument("--out", help="CSV file (default: <directory>/metrics.csv)")
     sub.add_parser("list", help="list strategies, scenarios and models with their parameters and defaults")
+    _data_parser(sub)
+    rep = sub.add_parser("report", help="write the HTML and Markdown report of one or more run directories",
+                         description="Write index.html (self-contained) and report.md with figures/*.png from "
+                                     "run directories; several directories give one comparison report.")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a directory written by `lifelong run`")
+    rep.add_argument("--out", help="output directory (default: the run directory itself for one, "
+                                   "reports/comparison-<names> for several)")
     return p
+
+
+def _data_parser(sub) -> None:
+    # Dataset names are checked in data_command: importing scenarios here would load torch
+    # for every command.
+    d = sub.add_parser("data", help="download or check the data files of the real-data scenarios",
+                       description="Files live under the data root: --data-root, else $LIFELONG_DATA, else ./data.")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("download", help="fetch a dataset's missing or damaged files from the official sources",
+                         description="Fetch, check (sha256/md5) and move into place the files of a dataset. "
+                                     "Exit status 1 if a file cannot be fetched (e.g. no internet).")
+    dl.add_argument("name", help="dataset: mnist, fashion-mnist or omniglot")
+    dl.add_argument("--data-root", metavar="DIR", help="data root (default: $LIFELONG_DATA, else ./data)")
+    dl.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                    help="limit on each connection and read (default 30)")
+    ck = dsub.add_parser("check", help="say whether each file of the datasets is present and intact",
+                         description="Exit status 2 if any file is missing, truncated or corrupt.")
+    ck.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all)")
+    ck.add_argument("--data-root", metavar="DIR", help="data root (default: $LIFELONG_DATA, else ./data)")
+
+
+def data_command(args) -> int:
+    from scenarios.data import DATASETS, DataError, check, download, resolve_data_root
+
+    root = resolve_data_root(args.data_root)
+    names = args.names if args.data_command == "check" else [args.name]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        print(f"lifelong: error: unknown dataset {unknown[0]!r}; valid: {', '.join(DATASETS)}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.data_command == "check":
+        problems = [m for name in (args.names or DATASETS) for m in check(name, root)]
+        for m in problems:
+            print(f"lifelong: {m}", file=sys.stderr)
+        print(f"data root {root}: " + (f"{len(problems)} problem(s)" if problems else "all files present and intact"))
+        return EXIT_USAGE if problems else 0
+    try:
+        download(args.name, root, timeout=args.timeout, log=lambda line: print(line, file=sys.stderr))
+    except DataError as err:
+        print(f"lifelong: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: files present and verified in {root / args.name}")
+    return 0
+
+
+def _experiment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment file (TOML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. strategies.finetune.lr=0.05 or scenario.num_tasks=3 (repeatable)")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, replacing the file's (e.g. 0,1,2)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="replace the file's device")
 
 
 def _type_name(annotation) -> str:
@@ -87,36 +165,143 @@ def list_command() -> str:
 
 def run_command(args) -> int:
     from simulator.config import ConfigError, load_experiment
+    from scenarios.base import ScenarioError
+    from simulator.rundir import ResumeError
     from simulator.runner import resolve_device, run_experiment
-    from strategies.base import DivergenceError
 
     try:
-        experiment = load_experiment(args.experiment, args.overrides, args.seeds, args.device)
+        experiment = load_experiment(args.experiment, args.overrides, args.seeds, args.device, args.data_root)
         resolve_device(experiment.device)
     except (ConfigError, ValueError) as err:
         print(f"lifelong: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out) if args.out else Path("reports") / experiment.name
+    if not _writable(out):
+        return EXIT_USAGE
     try:
-        run_experiment(experiment, out, quiet=args.quiet)
-    except DivergenceError as err:
-        print(f"lifelong: run failed: {err}. Finished runs are saved in {out}.", file=sys.stderr)
-        return 1
+        outcome = run_experiment(experiment, out, quiet=args.quiet, resume=args.resume)
+    except (ResumeError, ScenarioError) as err:  # ScenarioError: data files or a user stream, at build
+        print(f"lifelong: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as err:
-        print(f"lifelong: cannot write the run directory {out}: {err.strerror or err}", file=sys.stderr)
+        print(f"lifelong: cannot write the run directory {out}: {err.strerror or err}. "
+              f"Runs finished before this are saved there.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"lifelong: interrupted; finished runs are saved in {out}.", file=sys.stderr)
+        print(f"lifelong: interrupted; finished runs are saved in {out} "
+              f"(continue with --resume).", file=sys.stderr)
         return 130
+    if outcome.reused:
+        print(f"resumed: {outcome.reused} finished run(s) kept from {out}", file=sys.stderr)
+    if outcome.failures:
+        for f in outcome.failures:
+            print(f"lifelong: run failed: {f.error}", file=sys.stderr)
+        print(f"report: {out / 'report.md'} ({len(outcome.failures)} run(s) failed)")
+        return 1
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def report_command(args) -> int:
+    from simulator.report import ReportError, default_out_dir, write_report
+
+    out = Path(args.out) if args.out else default_out_dir(args.run_dirs)
+    try:
+        index = write_report(args.run_dirs, out)
+    except ReportError as err:
+        print(f"lifelong: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        print(f"lifelong: cannot write the report to {out}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    print(f"report: {index} and {out / 'report.md'}")
+    return 0
+
+
+def _writable(out: Path) -> bool:
+    """Whether the output directory can be created and written; says why not."""
+    from simulator.rundir import ensure_writable
+
+    try:
+        ensure_writable(out)
+    except OSError as err:
+        print(f"lifelong: error: cannot write to the output directory {out}: {err.strerror or err}",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def sweep_command(args) -> int:
+    from simulator.config import ConfigError
+    from simulator.runner import resolve_device
+    from simulator.sweep import SweepError, load_sweep, run_sweep
+
+    try:
+        sweep = load_sweep(args.experiment, args.overrides, args.seeds, args.device)
+        for device in {t.config["device"] for t in sweep.trials}:
+            resolve_device(device)
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if args.address and args.backend != "ray":
+            raise ValueError("--address needs --backend ray")
+    except (ConfigError, ValueError) as err:
+        print(f"lifelong: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out) if args.out else Path("reports") / f"{sweep.name}-sweep"
+    if not _writable(out):
+        return EXIT_USAGE
+    try:
+        outcome = run_sweep(sweep, out, workers=args.workers, backend=args.backend, address=args.address,
+                            quiet=args.quiet)
+    except SweepError as err:
+        print(f"lifelong: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        print(f"lifelong: cannot write the sweep directory {out}: {err.strerror or err}. "
+              f"Trials finished before this are recorded in {out / 'results.db'}.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lifelong: interrupted; finished trials are recorded in {out / 'results.db'} "
+              f"(run the same command again to continue).", file=sys.stderr)
+        return 130
+    print(f"trials: {len(sweep.trials)} in all, {outcome.skipped} already finished, {outcome.ran} run now, "
+          f"{len(outcome.failed)} failed")
+    for trial_id, error in outcome.failed:
+        print(f"lifelong: trial {trial_id} failed: {error}", file=sys.stderr)
+    print(f"summary: {out / 'summary.md'}")
+    return 1 if outcome.failed else 0
+
+
+def export_command(args) -> int:
+    from simulator.store import ResultsDB
+
+    db_path = Path(args.directory) / "results.db"
+    if not db_path.is_file():
+        print(f"lifelong: error: no results database at {db_path}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out) if args.out else Path(args.directory) / "metrics.csv"
+    db = ResultsDB(db_path)
+    try:
+        count = db.export_csv(out)
+    finally:
+        db.close()
+    print(f"exported {count} metric rows to {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "sweep":
+        return sweep_command(args)
+    if args.command == "export":
+        return export_command(args)
     if args.command == "list":
         print(list_command())
         return 0
+    if args.command == "report":
+        return report_command(args)
+    if args.command == "data":
+        return data_command(args)
     return run_command(args)
 
 

@@ -34,6 +34,7 @@ Every problem raises :class:`ConfigError` naming the file and the field path, e.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ from pydantic import Field, ValidationError
 
 import scenarios
 import strategies
-from scenarios.base import Params
+from scenarios.base import Params, ScenarioError
+from scenarios.data import resolve_data_root
 from simulator.evaluator import EvalSettings
 
 
@@ -74,6 +76,7 @@ class TopLevel(Params):
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"}, description="backbone: name plus parameters")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="evaluation settings")
     strategies: dict[str, dict[str, Any]] = Field(min_length=1, description="label -> strategy table")
+    data_root: str | None = Field(None, min_length=1, description="folder of the data files (default: $LIFELONG_DATA, else ./data)")
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,17 @@ def _lookup(registry, name: Any, path: str, problems: list):
         return None
 
 
+def _scenario_family(name: Any, problems: list):
+    """A registered scenario family, or the family of a ``"package.module:function"`` user stream."""
+    if isinstance(name, str) and ":" in name:
+        try:
+            return scenarios.family(name)
+        except ScenarioError as err:
+            problems.append(("scenario.name", str(err)))
+            return None
+    return _lookup(scenarios.FAMILIES, name, "scenario.name", problems)
+
+
 def parse_value(text: str) -> Any:
     """A ``--set`` value read as a TOML value (``3``, ``0.1``, ``true``, ``[1, 2]``, ``"x"``);
     anything that is not valid TOML is taken as a plain string."""
@@ -172,44 +186,56 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def set_path(data: dict[str, Any], dotted: str, value: Any, source: str, origin: str = "--set") -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted = "a.b.c"``, creating tables as needed."""
+    *parents, leaf = dotted.strip().split(".")
+    node = data
+    for i, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(source, [(".".join(parents[:i + 1]), f"is not a table; cannot {origin} inside it")])
+    node[leaf] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides to a copy of the raw TOML data."""
-    import copy
-
     data = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(source, [("--set", f"{item!r} is not of the form key.path=value")])
-        *parents, leaf = key.strip().split(".")
-        node = data
-        for i, part in enumerate(parents):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(source, [(".".join(parents[:i + 1]), "is not a table; cannot --set inside it")])
-        node[leaf] = parse_value(value.strip())
+        set_path(data, key, parse_value(value.strip()), source)
     return data
 
 
+def read_raw(path: str | Path) -> dict[str, Any]:
+    """The TOML data of an experiment file; :class:`ConfigError` if missing or not TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [("", f"no such file (looked in {path.resolve().parent})")])
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(str(path), [("", f"not valid TOML: {err}")]) from None
+
+
 def load_experiment(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = None,
-                    device: str | None = None) -> Experiment:
+                    device: str | None = None, data_root: str | None = None) -> Experiment:
     """Read, override and validate an experiment file; raise :class:`ConfigError` on any problem.
 
-    ``seeds`` and ``device`` (from the command line) replace the file's values.
+    ``seeds``, ``device`` and ``data_root`` (from the command line) replace the file's values.
     """
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise ConfigError(source, [("", f"no such file (looked in {path.resolve().parent})")])
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(source, [("", f"not valid TOML: {err}")]) from None
-    raw = apply_overrides(raw, list(overrides), source)
+    raw = apply_overrides(read_raw(path), list(overrides), source)
+    if "sweep" in raw:
+        raise ConfigError(source, [("sweep", "this file declares a sweep: run it with `lifelong sweep`")])
     if seeds is not None:
         raw["seeds"] = list(seeds)
     if device is not None:
         raw["device"] = device
+    if data_root is not None:
+        raw["data_root"] = data_root
     return validate_experiment(raw, source, default_name=path.stem)
 
 
@@ -225,8 +251,12 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
         problems.append(("seeds", "must be >= 0"))
 
     scenario_raw = dict(top.scenario)
-    family = _lookup(scenarios.FAMILIES, scenario_raw.pop("name", None), "scenario.name", problems)
+    family = _scenario_family(scenario_raw.pop("name", None), problems)
     scenario_params = family and _validate(family.params, scenario_raw, "scenario", problems)
+    if scenario_params is not None and top.data_root is not None and "data_root" in family.params.model_fields:
+        # An explicit root (--data-root or the top-level key) wins; without one the builders
+        # read $LIFELONG_DATA, so a machine's own data location never enters the config.
+        scenario_params = scenario_params.model_copy(update={"data_root": str(resolve_data_root(top.data_root))})
 
     evaluation = _validate(EvaluationParams, top.evaluation, "evaluation", problems)
 

@@ -1,4 +1,5 @@
-"""Run directories: ``config.json``, ``results.json``, ``tensors.npz`` and ``report.md``.
+"""Run directories: ``config.json``, ``results.json``, ``tensors.npz`` and the report
+(``index.html``, ``report.md``, ``figures/``; see :mod:`simulator.report`).
 
 Every file is written to a temporary name and renamed into place, so a reader (or a crash)
 never sees a half-written file. ``results.json`` holds, per strategy and seed, the metrics at
@@ -12,9 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,7 @@ import numpy as np
 import torch
 
 from simulator import metrics
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from simulator.files import atomic_write
 
 
 def to_json(value: Any) -> Any:
@@ -74,7 +60,8 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     return env
 
 
-def results_document(experiment, results, device: torch.device, complete: bool) -> dict[str, Any]:
+def results_document(experiment, results, device: torch.device, complete: bool,
+                     failures=()) -> dict[str, Any]:
     K = experiment.evaluation.adapt_steps
     runs, by_strategy = [], {}
     for r in results:
@@ -90,16 +77,71 @@ def results_document(experiment, results, device: torch.device, complete: bool) 
         "kind": results[0].kind if results else None,
         "environment": environment(device, experiment.threads),
         "runs": runs, "summary": summary,
+        "failures": [{"strategy": f.strategy, "seed": f.seed, "error": f.error} for f in failures],
     })
 
 
-def write_run_dir(out_dir: Path, experiment, results, device: torch.device, complete: bool) -> None:
-    """Write (or rewrite) the whole run directory for the runs finished so far."""
-    from simulator.report import markdown_report
+def ensure_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove a file can be written there; ``OSError`` otherwise."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / ".write-check", b"")
+    (out_dir / ".write-check").unlink()
 
+
+def write_config(out_dir: Path, experiment) -> None:
+    """Create ``out_dir`` if needed and write ``config.json`` (the first write of a run, so an
+    unwritable directory is found before any work is done)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "config.json", json.dumps(experiment.resolved(), indent=2).encode())
-    document = results_document(experiment, results, device, complete)
+
+
+class ResumeError(ValueError):
+    """``--resume`` was pointed at a directory holding another experiment."""
+
+
+def check_resumable(out_dir: Path, experiment) -> None:
+    """Raise :class:`ResumeError` unless ``out_dir`` is empty or holds this very experiment."""
+    path = out_dir / "config.json"
+    if not path.exists():
+        return
+    saved, now = json.loads(path.read_text()), to_json(experiment.resolved())
+    if saved != now:
+        differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ResumeError(f"cannot resume: {out_dir} holds a different experiment "
+                         f"({', '.join(differ)} differ); use another --out or drop --resume")
+
+
+def load_finished(out_dir: Path) -> list:
+    """The finished runs stored in a run directory, as ``RunResult`` objects."""
+    from simulator.runner import RunResult
+
+    path = out_dir / "results.json"
+    if not path.exists() or not (out_dir / "tensors.npz").exists():
+        return []
+    document = json.loads(path.read_text())
+    tensors = load_tensors(out_dir)
+    finished = []
+    for run in document["runs"]:
+        key = f"{run['strategy']}/seed{run['seed']}"
+        finished.append(RunResult(run["strategy"], run["seed"], document["kind"],
+                                  acc=tensors[f"{key}/acc"], loss=tensors[f"{key}/loss"],
+                                  learn_seconds=run["learn_seconds"], eval_seconds=run["eval_seconds"],
+                                  peak_memory_mb=run["peak_memory_mb"], logs=run["logs"]))
+    return finished
+
+
+def write_run_dir(out_dir: Path, experiment, results, device: torch.device, complete: bool,
+                  failures=(), report: bool = True) -> None:
+    """Write (or rewrite) the whole run directory for the runs finished so far.
+
+    The report (index.html, report.md, figures/) is read back from the files just written;
+    its figures are drawn once ``complete``, while partial rewrites keep it to tables, which
+    costs milliseconds instead of seconds per finished run.
+    """
+    from simulator.report import write_report
+
+    write_config(out_dir, experiment)
+    document = results_document(experiment, results, device, complete, failures)
     atomic_write(out_dir / "results.json", json.dumps(document, indent=2).encode())
     arrays = {}
     for r in results:
@@ -108,7 +150,8 @@ def write_run_dir(out_dir: Path, experiment, results, device: torch.device, comp
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write(out_dir / "tensors.npz", buffer.getvalue())
-    atomic_write(out_dir / "report.md", markdown_report(document, experiment.resolved()).encode())
+    if report:  # sweeps skip the per-trial report: they report over all trials at the end
+        write_report([out_dir], out_dir, draw=complete)
 
 
 def load_tensors(run_dir: str | Path) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ def test_python_example_runs(capsys):
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    commands = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
-    assert len(commands) == 2
+    setup = re.search(r"## Set-up\n(.*?)\n## ", readme, re.S).group(1)
+    commands = re.findall(r"```bash\n(.*?)\n```", setup, re.S)
+    assert len(commands) == 2 and all(c.startswith("python3 -m venv .venv && ") for c in commands)
     assert commands[1] in (ROOT / ".ci" / "run").read_text()

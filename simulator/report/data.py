@@ -1,0 +1,226 @@
+"""What a report shows, computed from a run directory's files only (so old runs still report).
+
+:func:`load_run` reads ``config.json``, ``results.json`` and ``tensors.npz``; the other
+functions are pure numpy over what it returns. Every number is "higher is better" inside
+(``score`` is accuracy, or minus the MSE for regression) and turned into the unit a reader
+expects only by :func:`to_display` (accuracy, or the MSE itself for regression).
+
+Example:
+    >>> import numpy as np
+    >>> mean, ci = mean_ci(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    >>> mean.tolist(), [round(c, 3) for c in ci]
+    ([2.0, 3.0], [12.706, 12.706])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulator import metrics
+
+
+class ReportError(ValueError):
+    """A run directory that cannot be reported: ``str(err)`` names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class StrategyRuns:
+    """Every seed of one strategy in one run directory.
+
+    Attributes:
+        label: the strategy's label in the experiment file.
+        seeds: the seeds, in the order of the runs.
+        score: shape (seeds, T+1, T, K+1), higher is better. For a stream whose tasks recur,
+            this is the (T+1, T) view of :func:`simulator.recurring.reduce_recurring` when
+            ``results.json`` gives the run's ``task_ids``, else the saved (N+1, T) rows as they are.
+        learn_seconds: per seed, the wall time of each task's ``learn``.
+        eval_seconds: per seed, the wall time of each evaluation row.
+        peak_memory_mb: per seed, the peak memory after each task.
+    """
+
+    label: str
+    seeds: tuple[int, ...]
+    score: np.ndarray
+    learn_seconds: tuple[tuple[float, ...], ...]
+    eval_seconds: tuple[tuple[float, ...], ...]
+    peak_memory_mb: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run directory as a report needs it.
+
+    Attributes:
+        directory: the directory's own name (not its path, which differs between machines).
+        config: ``config.json``, the resolved experiment.
+        document: ``results.json``.
+        strategies: one entry per strategy with at least one finished seed, in file order.
+    """
+
+    directory: str
+    config: dict[str, Any]
+    document: dict[str, Any]
+    strategies: tuple[StrategyRuns, ...]
+
+    @property
+    def name(self) -> str:
+        return str(self.document.get("experiment") or self.config.get("name") or self.directory)
+
+    @property
+    def scenario(self) -> str:
+        return str(self.config.get("scenario", {}).get("name", "unknown scenario"))
+
+    @property
+    def regression(self) -> bool:
+        return self.document.get("kind") == "regression"
+
+    @property
+    def adapt_steps(self) -> int:
+        return int(self.document["adapt_steps"])
+
+    @property
+    def square(self) -> bool:
+        """Whether every strategy's tensor has the (T+1, T) shape that R[j, j] and R[j+1, j] need."""
+        return all(s.score.shape[1] == s.score.shape[2] + 1 for s in self.strategies)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.document.get("complete"))
+
+    @property
+    def num_tasks(self) -> int:
+        return self.strategies[0].score.shape[2] if self.strategies else 0
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"{path}: missing; is {path.parent} a run directory written by `lifelong run`?") from None
+    except OSError as err:
+        raise ReportError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read a run directory; raise :class:`ReportError` naming the file when one is missing or bad."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: no such directory")
+    config = _read_json(run_dir / "config.json")
+    document = _read_json(run_dir / "results.json")
+    missing = [key for key in ("adapt_steps", "runs", "summary") if key not in document]
+    if missing:
+        raise ReportError(f"{run_dir / 'results.json'}: no {', '.join(missing)}; not written by `lifelong run`?")
+    npz = run_dir / "tensors.npz"
+    try:
+        with np.load(npz) as data:
+            arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise ReportError(f"{npz}: missing") from None
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{npz}: not a readable .npz file ({err})") from None
+    regression = document.get("kind") == "regression"
+
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for run in document["runs"]:
+        if not {"strategy", "seed", "learn_seconds", "eval_seconds", "peak_memory_mb"} <= set(run):
+            raise ReportError(f"{run_dir / 'results.json'}: a run lacks its strategy, seed, timings or memory")
+        by_label.setdefault(run["strategy"], []).append(run)
+    strategies = []
+    for label, runs in by_label.items():
+        scores = []
+        for run in runs:
+            key = f"{label}/seed{run['seed']}/{'loss' if regression else 'acc'}"
+            if key not in arrays:
+                raise ReportError(f"{npz}: no array {key!r} for a run listed in results.json")
+            score = -arrays[key] if regression else arrays[key]
+            if run.get("task_ids") and score.shape[0] != score.shape[1] + 1:
+                from simulator.recurring import reduce_recurring
+
+                score = reduce_recurring(score, run["task_ids"])
+            scores.append(score)
+        strategies.append(StrategyRuns(
+            label=label, seeds=tuple(int(r["seed"]) for r in runs), score=np.stack(scores).astype(float),
+            learn_seconds=tuple(tuple(r["learn_seconds"]) for r in runs),
+            eval_seconds=tuple(tuple(r["eval_seconds"]) for r in runs),
+            peak_memory_mb=tuple(tuple(r["peak_memory_mb"]) for r in runs)))
+    return RunData(run_dir.resolve().name, config, document, tuple(strategies))
+
+
+def to_display(values, regression: bool):
+    """Scores in the reader's unit: accuracy unchanged, minus the MSE back to the MSE."""
+    return -np.asarray(values, dtype=float) if regression else np.asarray(values, dtype=float)
+
+
+def mean_ci(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% confidence half-width (Student's t) over ``axis`` (the seeds).
+
+    Non-finite values become NaN first (a diverged number is shown as missing, never as a
+    bar to infinity). With one seed the half-width is NaN.
+    """
+    values = np.asarray(values, dtype=float)
+    values = np.where(np.isfinite(values), values, np.nan)
+    n = values.shape[axis]
+    mean = values.mean(axis=axis)
+    if n < 2:
+        return mean, np.full_like(mean, np.nan)
+    half = metrics.t_quantile_975(n - 1) * values.std(axis=axis, ddof=1) / math.sqrt(n)
+    return mean, half
+
+
+def per_seed_cost(runs: StrategyRuns) -> dict[str, np.ndarray]:
+    """Per seed: mean learn seconds per task, mean evaluation seconds per row, peak memory (MB)."""
+    mean = lambda xs: float(np.mean(xs)) if xs else math.nan  # noqa: E731
+    return {
+        "learn_seconds": np.array([mean(s) for s in runs.learn_seconds]),
+        "eval_seconds": np.array([mean(s) for s in runs.eval_seconds]),
+        "peak_memory_mb": np.array([max(s) if s else math.nan for s in runs.peak_memory_mb]),
+    }
+
+
+def adaptation_curves(score: np.ndarray) -> dict[str, np.ndarray]:
+    """Score against adaptation steps, per seed, averaged over tasks; each of shape (seeds, K+1).
+
+    ``new``: R[j, j, k], task j before it is learned; ``just_learned``: R[j+1, j, k];
+    ``old``: R[T, j, k] for j < T-1, the old tasks at the end (NaN when T = 1).
+
+    Args:
+        score: shape (seeds, T+1, T, K+1).
+    """
+    score = np.asarray(score, dtype=float)
+    T = score.shape[2]
+    j = np.arange(T)
+    new = score[:, j, j, :].mean(axis=1)
+    just = score[:, j + 1, j, :].mean(axis=1)
+    old = score[:, T, : T - 1, :].mean(axis=1) if T > 1 else np.full_like(new, np.nan)
+    return {"new": new, "just_learned": just, "old": old}
+
+
+def stat(summary: dict[str, Any], key: str, metric: str) -> tuple[float, float]:
+    """(mean, ci95) of ``metric`` in a ``results.json`` aggregate; NaN for what is missing."""
+    entry = summary.get(key, {}).get(metric) or {}
+    value = lambda v: math.nan if v is None else float(v)  # noqa: E731
+    return value(entry.get("mean")), value(entry.get("ci95"))
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON data: arrays become lists, numpy numbers Python numbers, NaN and infinities null."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -1,0 +1,123 @@
+"""Resume after SIGKILL, and failures that must lose no finished result."""
+
+import errno
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+
+from simulator import cli, rundir
+from simulator.rundir import load_tensors
+
+EXPERIMENT = textwrap.dedent("""
+    name = "resumable"
+    seeds = [0]
+
+    [scenario]
+    name = "split-digits"
+    num_tasks = 3
+
+    [model]
+    hidden = [32]
+
+    [evaluation]
+    episodes = 4
+    adapt_steps = 2
+
+    [strategies.finetune]
+    epochs = 1
+    optimizer = "adam"
+    lr = 0.01
+
+    [strategies.joint]
+    epochs = 1
+""")
+
+# Runs the CLI in a child process that SIGKILLs itself right after the N-th checkpoint.
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import simulator.runner as runner
+    original, saves = runner.save_checkpoint, [0]
+    def save_then_maybe_die(path, payload):
+        original(path, payload)
+        saves[0] += 1
+        if saves[0] == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    runner.save_checkpoint = save_then_maybe_die
+    from simulator.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def kill_after_checkpoint(n, argv, tmp_path):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    proc = subprocess.run([sys.executable, str(script), str(n), *argv], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return proc
+
+
+def test_sigkill_after_the_second_task_then_resume_is_bit_identical(tmp_path, capsys):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXPERIMENT)
+    assert cli.main(["run", str(exp), "--out", str(tmp_path / "clean"), "--quiet"]) == 0
+    killed = tmp_path / "killed"
+    # finetune writes 3 checkpoints and finishes; joint is killed after its second task
+    kill_after_checkpoint(5, ["run", str(exp), "--out", str(killed), "--quiet"], tmp_path)
+    assert {r["strategy"] for r in json.loads((killed / "results.json").read_text())["runs"]} == {"finetune"}
+    assert len(list((killed / "checkpoints").glob("*.pt"))) == 1
+    capsys.readouterr()
+    assert cli.main(["run", str(exp), "--out", str(killed), "--resume", "--quiet"]) == 0
+    assert "resumed: 1 finished run(s) kept" in capsys.readouterr().err
+    clean, resumed = load_tensors(tmp_path / "clean"), load_tensors(killed)
+    assert sorted(clean) == sorted(resumed)
+    for key in clean:
+        assert clean[key].tobytes() == resumed[key].tobytes(), key
+    assert not list((killed / "checkpoints").glob("*.pt"))      # removed once the run finished
+
+
+def test_resume_refuses_another_experiment(tmp_path, capsys):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXPERIMENT)
+    assert cli.main(["run", str(exp), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    capsys.readouterr()
+    code = cli.main(["run", str(exp), "--out", str(tmp_path / "out"), "--resume", "--set",
+                     "strategies.joint.epochs=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot resume" in err and "strategies differ" in err
+
+
+def test_unwritable_output_directory_is_a_clear_error(tmp_path, capsys):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXPERIMENT)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = cli.main(["run", str(exp), "--out", str(blocker / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"cannot write to the output directory {blocker / 'out'}" in err
+
+
+def test_full_disk_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXPERIMENT)
+    out = tmp_path / "out"
+    real_write, writes = rundir.atomic_write, []
+
+    def filling_disk(path, data):
+        # the first run's files are written; then the disk is full
+        if path.name == "results.json" and any(p.name == "results.json" for p in writes):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        writes.append(path)
+        real_write(path, data)
+
+    monkeypatch.setattr(rundir, "atomic_write", filling_disk)
+    code = cli.main(["run", str(exp), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "Traceback" not in err
+    results = json.loads((out / "results.json").read_text())      # still whole, still parseable
+    assert [r["strategy"] for r in results["runs"]] == ["finetune"]
+    assert set(load_tensors(out)) == {"finetune/seed0/acc", "finetune/seed0/loss"}
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
