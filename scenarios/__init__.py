@@ -11,19 +11,32 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from scenarios.base import (PROTOCOLS, Episodes, Family, GroupedPool, LabelledPool, Params, Registry,
-                            Stream, StreamSpec, Support, Task)
+from scenarios.base import (PROTOCOLS, Episodes, Family, GroupedPool, ImagePool, LabelledPool, Params,
+                            Registry, ScenarioError, Stream, StreamSpec, Support, Task)
 
 FAMILIES = Registry("scenario", {
     "sinusoid": "scenarios.sinusoid:SINUSOID",
     "split-digits": "scenarios.digits:SPLIT_DIGITS",
     "permuted-digits": "scenarios.digits:PERMUTED_DIGITS",
     "rotated-digits": "scenarios.digits:ROTATED_DIGITS",
+    "split-mnist": "scenarios.mnist:SPLIT_MNIST",
+    "split-fashion-mnist": "scenarios.mnist:SPLIT_FASHION_MNIST",
+    "permuted-mnist": "scenarios.mnist:PERMUTED_MNIST",
+    "rotated-mnist": "scenarios.mnist:ROTATED_MNIST",
+    "omniglot-fewshot": "scenarios.omniglot:OMNIGLOT_FEWSHOT",
+    "omniglot-alphabets": "scenarios.omniglot:OMNIGLOT_ALPHABETS",
+    "schedule": "scenarios.schedule:SCHEDULE",
 })
 
 
 def family(name: str) -> Family:
-    """The registered family ``name`` (a ``KeyError`` listing the valid names otherwise)."""
+    """The registered family ``name`` (a ``KeyError`` listing the valid names otherwise), or,
+    for a name of the form ``"package.module:function"``, a family wrapping that user function
+    (see :func:`scenarios.custom.callable_family`; a :class:`ScenarioError` if it is unusable)."""
+    if ":" in name:
+        from scenarios.custom import callable_family
+
+        return callable_family(name)
     return FAMILIES.get(name)
 
 
@@ -33,10 +46,15 @@ def available() -> list[str]:
 
 
 def build(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> Stream:
-    """Build the stream ``name`` from a mapping of parameters (validated) and a seed."""
+    """Build the stream ``name`` from a mapping of parameters (validated) and a seed.
+
+    Raises:
+        ScenarioError: the stream's data files are missing or damaged
+            (:class:`scenarios.data.DataError`), or a user stream function broke its contract.
+    """
     fam = family(name)
     return fam.build(fam.params(**dict(params or {})), seed)
 
 
-__all__ = ["Episodes", "Family", "GroupedPool", "LabelledPool", "PROTOCOLS", "Params", "Stream",
-           "StreamSpec", "Support", "Task", "FAMILIES", "available", "build", "family"]
+__all__ = ["Episodes", "Family", "GroupedPool", "ImagePool", "LabelledPool", "PROTOCOLS", "Params",
+           "ScenarioError", "Stream", "StreamSpec", "Support", "Task", "FAMILIES", "available", "build", "family"]

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
@@ -25,6 +26,12 @@ from typing import Any, Callable, Iterator, Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
+
+
+class ScenarioError(ValueError):
+    """A stream that cannot be built for a reason the user can fix (missing or damaged data
+    files, a user stream function that fails its contract); ``str(err)`` is one paragraph."""
+
 
 Kind = Literal["classification", "regression"]
 ProtocolName = Literal["class-incremental", "task-incremental", "domain-incremental", "few-shot"]
@@ -119,20 +126,28 @@ class LabelledPool:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
         self.x, self.y = x, y.long()
-        self.classes = torch.unique(self.y)
-        by_class = [torch.nonzero(self.y == c).flatten() for c in self.classes]
-        self.counts = torch.tensor([len(idx) for idx in by_class])
-        width = int(self.counts.max()) if len(by_class) else 0
-        # Padded (C, max_count) index table so that drawing is one vectorised operation.
-        self._index = torch.zeros(len(by_class), width, dtype=torch.long)
-        for row, idx in enumerate(by_class):
-            self._index[row, : len(idx)] = idx
+        self.classes, inverse, self.counts = torch.unique(self.y, return_inverse=True, return_counts=True)
+        # Padded (C, max_count) index table so that drawing is one vectorised operation. Built
+        # by one stable sort (a loop over classes takes seconds for Omniglot's 4800 classes);
+        # row c lists the examples of class c in increasing order.
+        order = torch.argsort(inverse, stable=True)
+        starts = torch.cumsum(self.counts, 0) - self.counts
+        rank = torch.arange(len(order)) - starts[inverse[order]]
+        width = int(self.counts.max()) if len(self.counts) else 0
+        self._index = torch.zeros(len(self.classes), width, dtype=torch.long)
+        self._index[inverse[order], rank] = order
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def examples(self) -> tuple[Tensor, Tensor]:
         return self.x, self.y
+
+    def shift_labels(self, offset: int) -> "LabelledPool":
+        """The same pool (same type, inputs shared, not copied) with every label plus ``offset``."""
+        twin = copy.copy(self)
+        twin.y, twin.classes = self.y + offset, self.classes + offset
+        return twin
 
     def sample(self, n_episodes: int, shots: int, query: int, generator: torch.Generator,
                ways: int | None = None, relabel: bool = False) -> Episodes:
@@ -168,6 +183,53 @@ class LabelledPool:
         sx, sy = take(slice(0, shots))
         qx, qy = take(slice(shots, per_class))
         return Episodes(sx, sy, qx, qy)
+
+
+class ImagePool(LabelledPool):
+    """A :class:`LabelledPool` of 8-bit images, stored as uint8 and handed out as float.
+
+    Storing bytes takes a quarter of the memory of float32 (MNIST's 60000 training images:
+    47 MB instead of 188 MB) and lets many tasks share one array. Inputs leave the pool as
+    float32 in [0, 1], passed through ``transform`` (a pixel permutation, a rotation) when one
+    is given, so a domain-incremental task costs no copy of the images: only the examples
+    drawn or returned are converted.
+
+    Args:
+        x: (N, *input_shape) uint8 images.
+        y: (N,) integer labels.
+        transform: optional function of a float batch (B, *input_shape) returning a batch of
+            the same shape; it must be deterministic.
+
+    Example:
+        >>> import torch
+        >>> pool = ImagePool(torch.full((4, 1, 2, 2), 255, dtype=torch.uint8), torch.tensor([0, 0, 1, 1]))
+        >>> x, y = pool.examples()
+        >>> x.dtype, float(x.max())
+        (torch.float32, 1.0)
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, transform: Callable[[Tensor], Tensor] | None = None):
+        if x.dtype != torch.uint8:
+            raise ValueError(f"ImagePool stores uint8 images; got {x.dtype} (use LabelledPool for float inputs)")
+        super().__init__(x, y)
+        self.transform = transform
+
+    def to_float(self, x: Tensor) -> Tensor:
+        """uint8 images of any leading shape as float32 in [0, 1], transformed."""
+        lead = x.shape[: x.dim() - (self.x.dim() - 1)]
+        flat = x.reshape(-1, *self.x.shape[1:]).float().div_(255)
+        if self.transform is not None:
+            flat = self.transform(flat)
+        return flat.reshape(*lead, *flat.shape[1:])
+
+    def examples(self) -> tuple[Tensor, Tensor]:
+        return self.to_float(self.x), self.y
+
+    def sample(self, n_episodes: int, shots: int, query: int, generator: torch.Generator,
+               ways: int | None = None, relabel: bool = False) -> Episodes:
+        eps = super().sample(n_episodes, shots, query, generator, ways=ways, relabel=relabel)
+        return dataclasses.replace(eps, support_x=self.to_float(eps.support_x),
+                                   query_x=self.to_float(eps.query_x))
 
 
 class GroupedPool:
@@ -304,6 +366,22 @@ class Stream:
     def num_columns(self) -> int:
         """Distinct task ids: the width of the evaluation tensor."""
         return len({t.id for t in self.tasks})
+
+    @classmethod
+    def from_tensors(cls, tasks, **options) -> "Stream":
+        """A classification stream from per-task ``(x_train, y_train, x_test, y_test)`` tensors;
+        see :func:`scenarios.custom.from_tensors` for the options."""
+        from scenarios.custom import from_tensors  # custom builds on this module
+
+        return from_tensors(tasks, **options)
+
+    @classmethod
+    def from_datasets(cls, tasks, **options) -> "Stream":
+        """A classification stream from per-task ``(train, test)`` torch datasets; see
+        :func:`scenarios.custom.from_datasets` for the options."""
+        from scenarios.custom import from_datasets
+
+        return from_datasets(tasks, **options)
 
 
 def generator(seed: int, *salt: int) -> torch.Generator:

@@ -137,7 +137,7 @@ def _describe_params(model, indent: str = "      ") -> list[str]:
     lines = []
     for name, f in model.model_fields.items():
         default = f.default if f.default_factory is None else f.default_factory()
-        head = f"{name}: {_type_name(f.annotation)} = {default!r}"
+        head = f"{name}: {_type_name(f.annotation)}" + (" (required)" if f.is_required() else f" = {default!r}")
         lines.append(f"{indent}{head:<46} {f.description or ''}".rstrip())
     return lines
 
