@@ -196,9 +196,9 @@ def run_command(args) -> int:
     if outcome.failures:
         for f in outcome.failures:
             print(f"lifelong: run failed: {f.error}", file=sys.stderr)
-        print(f"report: {out / 'report.md'} ({len(outcome.failures)} run(s) failed)")
+        print(f"report: {out / 'index.html'} and {out / 'report.md'} ({len(outcome.failures)} run(s) failed)")
         return 1
-    print(f"report: {out / 'report.md'}")
+    print(f"report: {out / 'index.html'} and {out / 'report.md'}")
     return 0
 
 

@@ -66,7 +66,7 @@ def results_document(experiment, results, device: torch.device, complete: bool,
     runs, by_strategy = [], {}
     for r in results:
         at = {"k0": r.summary(0), f"k{K}": r.summary(K)}
-        runs.append({"strategy": r.strategy, "seed": r.seed, "metrics": at,
+        runs.append({"strategy": r.strategy, "seed": r.seed, "metrics": at, "task_ids": list(r.task_ids),
                      "learn_seconds": r.learn_seconds, "eval_seconds": r.eval_seconds,
                      "peak_memory_mb": r.peak_memory_mb, "logs": r.logs})
         by_strategy.setdefault(r.strategy, []).append(at)
@@ -126,7 +126,8 @@ def load_finished(out_dir: Path) -> list:
         finished.append(RunResult(run["strategy"], run["seed"], document["kind"],
                                   acc=tensors[f"{key}/acc"], loss=tensors[f"{key}/loss"],
                                   learn_seconds=run["learn_seconds"], eval_seconds=run["eval_seconds"],
-                                  peak_memory_mb=run["peak_memory_mb"], logs=run["logs"]))
+                                  peak_memory_mb=run["peak_memory_mb"], logs=run["logs"],
+                                  task_ids=tuple(run["task_ids"])))
     return finished
 
 

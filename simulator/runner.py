@@ -205,9 +205,10 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
     if resume:
         check_resumable(out_dir, experiment)
         finished = {(r.strategy, r.seed): r for r in load_finished(out_dir)}
-    write_config(out_dir, experiment)
+    # Streams first: a missing data file must stop the run before anything is written.
     streams = {seed: scenarios.build(experiment.scenario_name, experiment.scenario_params.model_dump(), seed)
                for seed in experiment.seeds}
+    write_config(out_dir, experiment)
     T = len(streams[experiment.seeds[0]])
     todo = [(spec, seed) for spec in experiment.strategies for seed in experiment.seeds
             if (spec.label, seed) not in finished]
@@ -265,10 +266,13 @@ class _Progress:
     def finished(self, result: RunResult) -> None:
         if self.quiet or self.bar is not None:
             return
-        s = result.summary(0)
+        K = result.acc.shape[2] - 1
+        s0, sK = result.summary(0), result.summary(K)
+        what = "accuracy" if result.kind == "classification" else "score (-MSE)"
         print(f"{result.strategy} seed {result.seed}: {len(result.learn_seconds)} tasks in "
-              f"{sum(result.learn_seconds) + sum(result.eval_seconds):.1f} s, "
-              f"final {s['final_accuracy']:.3f}, forgetting {s['forgetting']:.3f}", file=sys.stderr)
+              f"{sum(result.learn_seconds) + sum(result.eval_seconds):.1f} s; final {what} "
+              f"{s0['final_accuracy']:.3f} as learned, {sK['final_accuracy']:.3f} after {K} steps; "
+              f"forgetting {s0['forgetting']:.3f}", file=sys.stderr)
 
     def failed(self, failure: "Failure") -> None:
         if not self.quiet:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from scenarios.base import StreamSpec, Task
-from strategies.base import MinibatchConfig, Strategy, make_optimizer, train_minibatches
+from strategies.base import MinibatchConfig, Strategy, make_optimizer, train_minibatches, training_examples
 
 
 class Finetune(Strategy):
@@ -27,8 +27,7 @@ class Finetune(Strategy):
         self.optimizer = make_optimizer(c.optimizer, self.model.parameters(), c.lr, c.momentum)
 
     def learn(self, task: Task) -> dict[str, Any]:
-        x, y = (t.to(self.device) for t in task.train.examples())
-        mask = None if task.mask is None else task.mask.to(self.device)
+        x, y, mask = training_examples(self, task)
         c = self.config
         return train_minibatches(self, self.optimizer, x, y, mask, c.epochs, c.batch_size, task.name)
 

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 
 from scenarios.base import StreamSpec, Task
-from strategies.base import MinibatchConfig, Strategy, make_optimizer, train_minibatches
+from strategies.base import MinibatchConfig, Strategy, make_optimizer, train_minibatches, training_examples
 
 
 class JointConfig(MinibatchConfig):
@@ -36,11 +36,11 @@ class Joint(Strategy):
         self.optimizer = make_optimizer(c.optimizer, self.model.parameters(), c.lr, c.momentum)
 
     def learn(self, task: Task) -> dict[str, Any]:
-        x, y = (t.to(self.device) for t in task.train.examples())
+        x, y, mask = training_examples(self, task)
         self.memory["x"].append(x)
         self.memory["y"].append(y)
-        if task.mask is not None:
-            self.memory["mask"].append(task.mask.to(self.device).expand(len(x), -1))
+        if mask is not None:
+            self.memory["mask"].append(mask.expand(len(x), -1))
         if self.config.reset:
             for module in self.model.modules():
                 if hasattr(module, "reset_parameters"):

@@ -136,3 +136,18 @@ def test_regression_stream_scores_minus_loss(tmp_path):
     assert np.isnan(result.acc).all() and np.isfinite(result.loss).all()
     np.testing.assert_array_equal(result.score, -result.loss)
     assert json.loads((tmp_path / "results.json").read_text())["kind"] == "regression"
+
+
+def test_recurring_stream_is_summarised_on_its_reduced_view(tmp_path):
+    from simulator.recurring import reduce_recurring
+
+    exp = tiny_experiment(scenario={"name": "schedule", "sequence": [0, 1, 0],
+                                    "parts": [{"name": "split-digits", "num_tasks": 2}]},
+                          seeds=[0], strategies={"finetune": {"epochs": 1}})
+    (result,) = run_experiment(exp, tmp_path).results
+    assert result.acc.shape == (4, 2, 3) and result.task_ids == (0, 1, 0)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["runs"][0]["task_ids"] == [0, 1, 0]
+    reduced = reduce_recurring(result.acc, [0, 1, 0])[:, :, 0]
+    assert results["runs"][0]["metrics"]["k0"]["final_accuracy"] == pytest.approx(reduced[2].mean())
+    assert (tmp_path / "index.html").exists() and (tmp_path / "figures" / "stream.png").exists()

@@ -96,3 +96,20 @@ def test_bad_parameters_are_rejected():
         strategies.build("joint", {"optimizer": "rmsprop"})
     with pytest.raises(KeyError, match="unknown strategy 'nope'"):
         strategies.build("nope")
+
+
+@pytest.mark.parametrize("name", ["finetune", "joint"])
+def test_baselines_train_on_relabelled_episodes_under_few_shot(name):
+    from scenarios.custom import from_tensors
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(6).repeat(20)                               # 6 classes, global labels 0..5
+    x = torch.randn(len(y), 4, generator=g) + y[:, None].float()
+    stream = from_tensors([(x, y, x, y)], protocol="few-shot", ways=3, shots=2, query=3)
+    assert stream.spec.output_size == 3
+    strategy, _ = setup(name, {"epochs": 2}, stream)
+    logs = strategy.learn(stream[0].training_view())            # labels 3..5 would be out of range
+    assert logs["steps"] > 0
+    xs, ys, mask = strategies.base.training_examples(strategy, stream[0].training_view())
+    assert set(ys.unique().tolist()) == {0, 1, 2} and mask is None
+    assert len(ys) >= len(stream[0].train)
