@@ -18,10 +18,16 @@ from strategies.base import AdaptState, DivergenceError, Strategy, StrategyConfi
 STRATEGIES = Registry("strategy", {
     "finetune": "strategies.finetune:Finetune",
     "joint": "strategies.joint:Joint",
+    "maml": "strategies.maml:MAML",
+    "matching": "strategies.matching:Matching",
+    "metasgd": "strategies.metasgd:MetaSGD",
+    "protomemory": "strategies.protomemory:ProtoMemory",
+    "reptile": "strategies.reptile:Reptile",
 })
 
 MODELS = Registry("model", {
     "mlp": "strategies.backbones:MLP",
+    "conv4": "strategies.backbones:Conv4",
 })
 
 

@@ -7,6 +7,7 @@ A strategy is a handful of methods over plain state (DESIGN section 5)::
     adapt(support, steps)              yield the adapted state after 0, 1, ..., steps steps
     predict(state, x) -> outputs       outputs for x of shape (E, Q, ...), batched over episodes
     state_dict() / load_state_dict()   everything needed to resume, memories included
+    model_spec(spec) -> StreamSpec     what the runner sizes a registered backbone for (default: spec)
 
 The default :meth:`Strategy.adapt` is full-batch gradient descent on each episode's support
 set with ``torch.func`` (``functional_call`` + ``grad``, vectorised over episodes with
@@ -27,8 +28,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Collection, Iterator, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -104,34 +106,47 @@ class Strategy:
     def adapt(self, support: Support, steps: int) -> Iterator[AdaptState]:
         """Yield the state after 0, 1, ..., ``steps`` gradient steps on each support set.
 
-        The steps use ``config.adapt_lr``; the episodes adapt independently and together
-        (one ``vmap`` over the episode dimension per step). State 0 is the model as it is.
+        The steps use ``config.adapt_lr``; see :meth:`gradient_adapt`.
+        """
+        return self.gradient_adapt(support, steps, self.config.adapt_lr)
+
+    def gradient_adapt(self, support: Support, steps: int, lr: float | Mapping[str, Tensor],
+                       names: Collection[str] | None = None) -> Iterator[AdaptState]:
+        """Yield the state after 0, 1, ..., ``steps`` full-batch gradient steps on each support set.
+
+        The episodes adapt independently and together (one ``vmap`` over the episode dimension
+        per step). State 0 is the model as it is; every later state is batched. Only the
+        parameters in ``names`` (all by default) move, each by ``-lr * gradient`` where ``lr`` is
+        a number or a tensor per parameter name (learned rates, as in Meta-SGD).
         """
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         state = AdaptState(params, batched=False)
         yield state
         if steps == 0:
             return
-        buffers = dict(self.model.named_buffers())
-        kind, mask, lr = self.spec.kind, support.mask, self.config.adapt_lr
-
-        def support_loss(p, x, y):
-            return task_loss(functional_call(self.model, (p, buffers), (x,)), y, kind, mask)
-
-        step_grad = {False: vmap(grad(support_loss), in_dims=(None, 0, 0)),
-                     True: vmap(grad(support_loss), in_dims=(0, 0, 0))}
+        step = functools.partial(gradient_step, self.model, buffers=dict(self.model.named_buffers()),
+                                 lr=lr, kind=self.spec.kind, mask=support.mask, names=names)
+        batched_step = {False: vmap(step, in_dims=(None, 0, 0)), True: vmap(step, in_dims=(0, 0, 0))}
         for _ in range(steps):
-            grads = step_grad[state.batched](state.params, support.x, support.y)
-            state = AdaptState({n: p - lr * grads[n] for n, p in state.params.items()}, batched=True)
+            state = AdaptState(batched_step[state.batched](state.params, support.x, support.y), batched=True)
             yield state
+
+    def model_spec(self, spec: StreamSpec) -> StreamSpec:
+        """The spec a registered backbone is sized from for this strategy (the runner calls it).
+
+        The stream's own spec by default; a strategy whose model outputs something other
+        than the stream's outputs (an embedding, say) returns a copy with its output size.
+        """
+        return spec
 
     def predict(self, state: AdaptState, x: Tensor) -> Tensor:
         """Outputs of the model with ``state``'s parameters for ``x`` of shape (E, Q, ...)."""
         buffers = dict(self.model.named_buffers())
-        if not state.batched:
-            flat = functional_call(self.model, (state.params, buffers), (x.flatten(0, 1),))
-            return flat.reshape(*x.shape[:2], *flat.shape[1:])
-        return vmap(lambda p, xe: functional_call(self.model, (p, buffers), (xe,)))(state.params, x)
+        # One forward per episode even for shared parameters, so that a BatchNorm using batch
+        # statistics normalises each query set on its own (the policy in strategies/backbones.py).
+        per_episode = vmap(lambda p, xe: functional_call(self.model, (p, buffers), (xe,)),
+                           in_dims=(0 if state.batched else None, 0))
+        return per_episode(state.params, x)
 
     def state_dict(self) -> dict[str, Any]:
         """Model weights and the RNG state; subclasses add optimisers and memories."""
@@ -144,6 +159,40 @@ class Strategy:
     # -- helpers for subclasses -------------------------------------------------------------
     def loss(self, outputs: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
         return task_loss(outputs, targets, self.spec.kind, mask)
+
+
+def gradient_step(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
+                  buffers: Mapping[str, Tensor], lr: float | Mapping[str, Tensor], kind: str,
+                  mask: Tensor | None = None, names: Collection[str] | None = None,
+                  first_order: bool = False) -> dict[str, Tensor]:
+    """The parameters after one full-batch gradient step on one task's ``(x, y)``.
+
+    Pure: ``params`` is not modified. The parameters in ``names`` (all by default) move by
+    ``-lr * gradient`` (``lr`` a number or a tensor per name); the others come back
+    unchanged. The step stays differentiable with respect to ``params`` and ``lr`` (second
+    order), unless ``first_order``, where the gradient is taken at detached parameters and so
+    counts as a constant. Call it inside ``vmap`` to step many tasks at once.
+
+    Example:
+        >>> model = nn.Linear(2, 1)
+        >>> p = dict(model.named_parameters())
+        >>> new = gradient_step(model, p, torch.ones(4, 2), torch.zeros(4, 1), buffers={}, lr=0.1,
+        ...                     kind="regression", names=["bias"])
+        >>> torch.equal(new["weight"], p["weight"]), torch.equal(new["bias"], p["bias"])
+        (True, False)
+    """
+    adapted = {n: params[n] for n in (params if names is None else names)}
+    fixed = {n: p for n, p in params.items() if n not in adapted}
+
+    def loss(a: dict[str, Tensor], f: dict[str, Tensor]) -> Tensor:
+        return task_loss(functional_call(model, ({**f, **a}, buffers), (x,)), y, kind, mask)
+
+    if first_order:
+        grads = grad(loss)({n: p.detach() for n, p in adapted.items()}, {n: p.detach() for n, p in fixed.items()})
+    else:
+        grads = grad(loss)(adapted, fixed)
+    rate = (lambda n: lr[n]) if isinstance(lr, Mapping) else (lambda n: lr)
+    return {n: p - rate(n) * grads[n] if n in grads else p for n, p in params.items()}
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float = 0.0) -> torch.optim.Optimizer:
@@ -187,3 +236,24 @@ class MinibatchConfig(StrategyConfig):
     batch_size: int = Field(32, gt=0, description="examples per minibatch")
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="training optimiser")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
+
+
+def training_examples(strategy: Strategy, task: Task) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A task's training data as flat ``(x, y, mask)`` on the strategy's device, for plain
+    minibatch training.
+
+    Under the few-shot classification protocol labels only mean something within an episode
+    (0..ways-1), so the examples are freshly drawn episodes, relabelled, as many items as the
+    training pool holds; otherwise they are the pool's examples with their labels.
+    """
+    spec = strategy.spec
+    if spec.protocol == "few-shot" and spec.kind == "classification":
+        per_episode = spec.ways * (spec.shots + spec.query)
+        n = max(1, -(-len(task.train) // per_episode))
+        eps = task.episodes("train", n, spec.shots, spec.query, strategy.generator)
+        x = torch.cat([eps.support_x, eps.query_x], dim=1).flatten(0, 1)
+        y = torch.cat([eps.support_y, eps.query_y], dim=1).flatten(0, 1)
+    else:
+        x, y = task.train.examples()
+    mask = None if task.mask is None else task.mask.to(strategy.device)
+    return x.to(strategy.device), y.to(strategy.device), mask

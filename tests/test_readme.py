@@ -20,3 +20,19 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", setup, re.S)
     assert len(commands) == 2 and all(c.startswith("python3 -m venv .venv && ") for c in commands)
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_own_stream_examples_run(tmp_path, capsys, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"### Your own streams\n(.*?)\n### ", readme, re.S).group(1)
+    python_blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    exec(compile(python_blocks[0], "README.md", "exec"), {})
+    assert "(3, 2, 3)" in capsys.readouterr().out
+    (tmp_path / "my_streams.py").write_text(python_blocks[1])
+    (tmp_path / "moons.toml").write_text(re.findall(r"```toml\n(.*?)```", section, re.S)[0])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from simulator import cli
+
+    assert cli.main(["run", "moons.toml", "--quiet"]) == 0
+    assert (tmp_path / "reports" / "moons" / "index.html").exists()
