@@ -1,14 +1,18 @@
-"""Atomic file writes: a reader, a kill or a full disk never leaves a half-written file.
+"""File helpers shared by every writer (run directories, checkpoints, sweeps, reports).
 
-Kept free of heavy imports so that every writer (run directories, checkpoints, sweeps,
-reports) can share it.
+Atomic writes (a reader, a kill or a full disk never leaves a half-written file) and the
+conversion to plain JSON data. Kept free of torch so that ``lifelong report`` stays light.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -28,3 +32,18 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON data: arrays become lists, numpy numbers Python numbers, NaN and infinities null."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

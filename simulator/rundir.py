@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -22,22 +21,7 @@ import numpy as np
 import torch
 
 from simulator import metrics
-from simulator.files import atomic_write
-
-
-def to_json(value: Any) -> Any:
-    """Plain JSON data: arrays become lists, NaN and infinities become null."""
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_json(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return None if not math.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+from simulator.files import atomic_write, to_json
 
 
 def _version(package: str) -> str | None:

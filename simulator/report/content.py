@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from simulator.report import figures
-from simulator.report.data import (RunData, StrategyRuns, adaptation_curves, jsonable, mean_ci, per_seed_cost, stat,
+from simulator.files import to_json
+from simulator.report.data import (RunData, StrategyRuns, adaptation_curves, mean_ci, per_seed_cost, stat,
                                    to_display)
 from simulator.report.document import Block, Bullets, Cell, Code, Figure, Report, Section, Span, Table, paragraph
 
@@ -404,7 +405,7 @@ def _run_data(run: RunData, curves, matrices_k) -> dict[str, Any]:
             "adaptation": ({key: {"mean": mean, "ci95": ci} for key, (mean, ci) in curves[index][1].items()}
                            if curves else None),
         })
-    return jsonable({
+    return to_json({
         "directory": run.directory, "experiment": run.name, "scenario": run.scenario,
         "kind": "regression" if run.regression else "classification",
         "unit": "mse (lower is better)" if run.regression else "accuracy (higher is better)",

@@ -211,16 +211,3 @@ def stat(summary: dict[str, Any], key: str, metric: str) -> tuple[float, float]:
     return value(entry.get("mean")), value(entry.get("ci95"))
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON data: arrays become lists, numpy numbers Python numbers, NaN and infinities null."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

@@ -185,6 +185,8 @@ def test_a_stream_with_recurring_tasks_reports_what_it_can(digits_run, tmp_path)
     shutil.copy(digits_run / "config.json", run_dir)
     document = json.loads((digits_run / "results.json").read_text())
     document["runs"] = [r for r in document["runs"] if r["strategy"] == "finetune"]
+    for run in document["runs"]:
+        del run["task_ids"]  # as in a results.json written before runs recorded their task ids
     document["summary"] = {"finetune": document["summary"]["finetune"]}
     (run_dir / "results.json").write_text(json.dumps(document))
     with np.load(digits_run / "tensors.npz") as tensors:

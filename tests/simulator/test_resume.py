@@ -2,11 +2,9 @@
 
 import errno
 import json
-import signal
-import subprocess
-import sys
 import textwrap
 
+from kill_switch import kill_after_checkpoint  # tests/simulator/kill_switch.py
 
 from simulator import cli, rundir
 from simulator.rundir import load_tensors
@@ -34,30 +32,6 @@ EXPERIMENT = textwrap.dedent("""
     [strategies.joint]
     epochs = 1
 """)
-
-# Runs the CLI in a child process that SIGKILLs itself right after the N-th checkpoint.
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import simulator.runner as runner
-    original, saves = runner.save_checkpoint, [0]
-    def save_then_maybe_die(path, payload):
-        original(path, payload)
-        saves[0] += 1
-        if saves[0] == int(sys.argv[1]):
-            os.kill(os.getpid(), signal.SIGKILL)
-    runner.save_checkpoint = save_then_maybe_die
-    from simulator.cli import main
-    sys.exit(main(sys.argv[2:]))
-""")
-
-
-def kill_after_checkpoint(n, argv, tmp_path):
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER)
-    proc = subprocess.run([sys.executable, str(script), str(n), *argv], capture_output=True, text=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    return proc
-
 
 def test_sigkill_after_the_second_task_then_resume_is_bit_identical(tmp_path, capsys):
     exp = tmp_path / "exp.toml"

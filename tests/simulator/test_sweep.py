@@ -2,13 +2,12 @@
 
 import importlib.util
 import json
-import signal
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from kill_switch import kill_after_checkpoint  # tests/simulator/kill_switch.py
 
 from simulator import cli
 from simulator.config import ConfigError
@@ -93,22 +92,6 @@ def test_run_refuses_a_sweep_file(tmp_path, capsys):
     assert "sweep: this file declares a sweep: run it with `lifelong sweep`" in capsys.readouterr().err
 
 
-# The CLI in a child process that SIGKILLs itself after the N-th task checkpoint of the sweep.
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import simulator.runner as runner
-    original, saves = runner.save_checkpoint, [0]
-    def save_then_maybe_die(path, payload):
-        original(path, payload)
-        saves[0] += 1
-        if saves[0] == int(sys.argv[1]):
-            os.kill(os.getpid(), signal.SIGKILL)
-    runner.save_checkpoint = save_then_maybe_die
-    from simulator.cli import main
-    sys.exit(main(sys.argv[2:]))
-""")
-
-
 def test_killed_sweep_skips_finished_trials_and_ends_the_same(tmp_path, capsys):
     path = sweep_file(tmp_path)
     sweep = load_sweep(path)
@@ -116,12 +99,8 @@ def test_killed_sweep_skips_finished_trials_and_ends_the_same(tmp_path, capsys):
     assert (clean.skipped, clean.ran, clean.failed) == (0, 6, [])
 
     killed = tmp_path / "killed"
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER)
     # 2 tasks per trial: 2 trials finish, the third is killed after its first task
-    proc = subprocess.run([sys.executable, str(script), "5", "sweep", str(path), "--out", str(killed), "--quiet"],
-                          capture_output=True, text=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    kill_after_checkpoint(5, ["sweep", str(path), "--out", str(killed), "--quiet"], tmp_path)
     status, _, _ = outcomes(killed)
     assert sorted(s for s, _ in status.values()) == ["done", "done", "running", "running", "running", "running"]
     assert len(list(killed.glob("trials/*/checkpoints/*.pt"))) == 1     # the interrupted trial

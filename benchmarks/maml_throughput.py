@@ -1,0 +1,247 @@
+"""Meta-batches per second of second-order MAML: ours against a per-task loop and ``higher``, in one process.
+
+The sinusoid case is the MAML paper's regression setting: MLP 1-40-40-1 (ReLU), meta-batch 25,
+K = 10 support and 10 query points per function, one inner step (alpha = 0.01), exact
+second-order meta-gradient, Adam outer step. Three implementations train their own copy of
+the same initial model on meta-batches drawn from the same task with the same sampler
+(``Task.episodes``), so each meta-iteration costs the same drawing and the same Adam step:
+
+* ``ours``: :meth:`strategies.maml.MAML.learn`, the library's own strategy, unchanged: one
+  ``vmap`` over the meta-batch of an inner loop written with ``torch.func.grad``.
+* ``loop``: the textbook implementation, a Python loop over the tasks of the meta-batch, each
+  adapted with ``torch.autograd.grad(..., create_graph=True)`` through ``functional_call``.
+* ``higher``: the same loop over tasks with the ``higher`` library's ``innerloop_ctx`` (its
+  own MAML example's pattern); the column is skipped, and the output says so, if ``higher``
+  does not import.
+
+Before timing, the script computes the meta-gradient of one fixed meta-batch with each
+implementation from the same parameters and checks they agree: every component within
+``--atol`` (default 1e-5) plus ``--rtol`` (default 1e-4) times the loop's value, in float32.
+
+Timing: ``--trials`` rounds; in each, every implementation runs ``--iterations``
+meta-iterations back to back (the order rotates between rounds, so a burst of load on a
+shared machine does not always hit the same one). The best round counts (the least disturbed
+by other jobs); the median is printed beside it, and the ratios are computed from both wall
+time and the process's CPU time, which other jobs disturb less.
+
+With ``--device cuda`` (or ``auto`` on a machine with CUDA) the script also runs, on the GPU,
+a conv-4 case: a meta-batch of 32 five-way one-shot tasks with 15 query images per class,
+28x28 inputs (random images in a pool of 100 classes: speed does not depend on the pixels),
+one inner step (alpha = 0.4, as Finn et al. on Omniglot). ``--conv4`` forces it on the CPU.
+
+    python benchmarks/maml_throughput.py [--iterations 20] [--trials 7] [--threads 1]
+                                         [--device cpu|cuda|auto] [--conv4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+import scenarios
+import strategies
+from scenarios.base import Episodes, LabelledPool, StreamSpec, Task
+from strategies.base import task_loss
+from strategies.maml import meta_backward
+
+try:
+    import higher
+except ImportError as error:  # an optional baseline: the benchmark runs without it
+    higher, HIGHER_ERROR = None, f"{type(error).__name__}: {error}"
+else:
+    HIGHER_ERROR = ""
+
+
+@dataclass
+class Case:
+    """One benchmark setting: a task to draw meta-batches from and MAML's options on it."""
+
+    name: str
+    task: Task
+    spec: StreamSpec
+    make_model: Callable[[], nn.Module]
+    meta_batch: int
+    inner_lr: float
+    meta_lr: float
+
+
+def sinusoid_case() -> Case:
+    stream = scenarios.build("sinusoid", {"num_tasks": 1, "shots": 10, "query": 10}, seed=0)
+    return Case("sinusoid MLP 1-40-40-1, 25 tasks, K=10", stream[0].training_view(), stream.spec,
+                lambda: strategies.build_model("mlp", {"hidden": [40, 40]}, stream.spec),
+                meta_batch=25, inner_lr=0.01, meta_lr=0.001)
+
+
+def conv4_case() -> Case:
+    g = torch.Generator().manual_seed(0)
+    classes, per_class = 100, 20
+    pool = LabelledPool(torch.rand(classes * per_class, 1, 28, 28, generator=g),
+                        torch.arange(classes).repeat_interleave(per_class))
+    task = Task(id=0, name="random images", classes=tuple(range(classes)), train=pool, test=None,
+                protocol="few-shot", output_size=5, ways=5)
+    spec = StreamSpec(name="random-images", kind="classification", protocol="few-shot", input_shape=(1, 28, 28),
+                      output_size=5, num_tasks=1, shots=1, query=15, ways=5)
+    return Case("conv-4 28x28, 32 tasks 5-way 1-shot, 15 query/class", task, spec,
+                lambda: strategies.build_model("conv4", {}, spec), meta_batch=32, inner_lr=0.4, meta_lr=0.001)
+
+
+# -- the baselines: one task of the meta-batch at a time ---------------------------------------
+
+def loop_backward(model: nn.Module, eps: Episodes, lr: float, kind: str) -> None:
+    """Accumulate the meta-gradient of ``eps`` in ``.grad`` with a Python loop over tasks."""
+    params = dict(model.named_parameters())
+    for e in range(len(eps)):
+        loss = task_loss(functional_call(model, params, (eps.support_x[e],)), eps.support_y[e], kind)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        fast = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
+        query = task_loss(functional_call(model, fast, (eps.query_x[e],)), eps.query_y[e], kind)
+        (query / len(eps)).backward()
+
+
+def higher_backward(model: nn.Module, eps: Episodes, lr: float, kind: str) -> None:
+    """The same with ``higher``: a differentiable SGD step on a patched copy per task."""
+    inner = torch.optim.SGD(model.parameters(), lr=lr)
+    for e in range(len(eps)):
+        with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
+            diffopt.step(task_loss(fmodel(eps.support_x[e]), eps.support_y[e], kind))
+            query = task_loss(fmodel(eps.query_x[e]), eps.query_y[e], kind)
+            (query / len(eps)).backward()
+
+
+class Contender:
+    """A model copy with its Adam optimiser, trained by ``backward`` on drawn meta-batches."""
+
+    def __init__(self, case: Case, model: nn.Module, device: torch.device,
+                 backward: Callable[[nn.Module, Episodes, float, str], None]):
+        self.case, self.device, self.backward = case, device, backward
+        self.model = model.to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=case.meta_lr)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def gradient(self, eps: Episodes) -> list[Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(self.model, eps, self.case.inner_lr, self.case.spec.kind)
+        return [p.grad.clone() for p in self.model.parameters()]
+
+    def train(self, iterations: int) -> None:
+        c = self.case
+        for _ in range(iterations):
+            eps = c.task.episodes("train", c.meta_batch, c.spec.shots, c.spec.query, self.generator).to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.backward(self.model, eps, c.inner_lr, c.spec.kind)
+            self.optimizer.step()
+
+
+class Ours:
+    """The library's MAML strategy; ``train`` is its own ``learn``."""
+
+    def __init__(self, case: Case, model: nn.Module, device: torch.device, iterations: int):
+        self.maml = strategies.build("maml", {"inner_lr": case.inner_lr, "inner_steps": 1, "meta_lr": case.meta_lr,
+                                              "meta_batch_size": case.meta_batch, "meta_iterations": iterations})
+        self.maml.setup(model, case.spec, device, seed=0)
+        self.task, self.iterations = case.task, iterations
+
+    def gradient(self, eps: Episodes) -> list[Tensor]:
+        self.maml.optimizer.zero_grad(set_to_none=True)
+        meta_backward(self.maml.meta_loss, eps, None)
+        return [p.grad.clone() for p in self.maml.model.parameters()]
+
+    def train(self, iterations: int) -> None:
+        assert iterations == self.iterations, "the strategy was built for a fixed number of meta-iterations"
+        self.maml.learn(self.task)
+
+
+def check_gradients(contenders: dict, eps: Episodes, atol: float, rtol: float) -> dict[str, float]:
+    """The largest deviation of each implementation's meta-gradient from the loop's, asserted within tolerance."""
+    reference = contenders["loop"].gradient(eps)
+    deviations = {}
+    for name, contender in contenders.items():
+        got = contender.gradient(eps)
+        deviations[name] = max(float((a - b).abs().max()) for a, b in zip(got, reference, strict=True))
+        for a, b in zip(got, reference):
+            if not torch.allclose(a, b, atol=atol, rtol=rtol):
+                raise AssertionError(f"{name}: meta-gradient differs from the loop's by {deviations[name]:.2e}")
+    return deviations
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """Wall and process CPU seconds of ``fn()``, the device synchronised."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bench(case: Case, device: torch.device, iterations: int, trials: int, atol: float, rtol: float) -> None:
+    torch.manual_seed(0)
+    initial = case.make_model()
+    contenders = {"ours": Ours(case, copy.deepcopy(initial), device, iterations),
+                  "loop": Contender(case, copy.deepcopy(initial), device, loop_backward)}
+    if higher is not None:
+        contenders["higher"] = Contender(case, copy.deepcopy(initial), device, higher_backward)
+    fixed = case.task.episodes("train", case.meta_batch, case.spec.shots, case.spec.query,
+                               torch.Generator().manual_seed(1)).to(device)
+    deviations = check_gradients(contenders, fixed, atol, rtol)
+
+    names = list(contenders)
+    for name in names:  # warm-up: first calls allocate and initialise
+        contenders[name].train(iterations)
+    wall = {n: [] for n in names}
+    cpu = {n: [] for n in names}
+    for trial in range(trials):
+        for name in names[trial % len(names):] + names[:trial % len(names)]:
+            w, c = timed(lambda: contenders[name].train(iterations), device)
+            wall[name].append(w / iterations)
+            cpu[name].append(c / iterations)
+
+    print(f"\n{case.name} on {device.type}: {iterations} meta-iterations x {trials} trials")
+    print("meta-gradient vs the loop's, max |difference|: "
+          + ", ".join(f"{n} {d:.1e}" for n, d in deviations.items() if n != "loop")
+          + f" (checked within atol {atol:g} + rtol {rtol:g})")
+    print(f"{'':<8} {'best it/s':>10} {'median it/s':>12} {'CPU it/s':>9}   "
+          f"{'ours/x (best)':>13} {'(median)':>9} {'(CPU)':>7}")
+    for n in names:
+        ratios = (min(wall[n]) / min(wall["ours"]), statistics.median(wall[n]) / statistics.median(wall["ours"]),
+                  min(cpu[n]) / min(cpu["ours"]))
+        print(f"{n:<8} {1 / min(wall[n]):>10.1f} {1 / statistics.median(wall[n]):>12.1f} {1 / min(cpu[n]):>9.1f}   "
+              f"{ratios[0]:>12.1f}x {ratios[1]:>8.1f}x {ratios[2]:>6.1f}x")
+    if higher is None:
+        print(f"higher: not run ({HIGHER_ERROR})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iterations", type=int, default=20, help="meta-iterations per timed trial")
+    p.add_argument("--trials", type=int, default=7, help="timed trials per implementation")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--conv4", action="store_true", help="run the conv-4 case on the CPU too")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of the gradient check")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the gradient check")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPU(s), device {device}, "
+          f"higher {'installed' if higher is not None else 'not available'}; "
+          f"load average {os.getloadavg()[0]:.2f} at the start")
+    bench(sinusoid_case(), device, args.iterations, args.trials, args.atol, args.rtol)
+    if device.type == "cuda" or args.conv4:
+        bench(conv4_case(), device, args.iterations, args.trials, args.atol, args.rtol)
+    else:
+        print("\nconv-4 case: not run (no CUDA device; --conv4 runs it on the CPU)")
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()
