@@ -65,6 +65,8 @@ class EvaluationParams(Params):
     shots: int | None = Field(None, gt=0, description="support items per class (default: the scenario's)")
     query: int | None = Field(None, gt=0, description="query items per class (default: the scenario's)")
     chunk: int | None = Field(None, gt=0, description="episodes adapted at once (default: all)")
+    full_test: bool = Field(False, description="score k = 0 on each task's whole test pool (as Avalanche does); "
+                                               "k > 0 adapts on `episodes` support sets from the training pool")
 
 
 class TopLevel(Params):
@@ -259,6 +261,9 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
         scenario_params = scenario_params.model_copy(update={"data_root": str(resolve_data_root(top.data_root))})
 
     evaluation = _validate(EvaluationParams, top.evaluation, "evaluation", problems)
+    if evaluation is not None and evaluation.full_test and getattr(scenario_params, "protocol", None) == "few-shot":
+        problems.append(("evaluation.full_test", "needs a class-, task- or domain-incremental stream: few-shot "
+                                                 "labels only mean something within an episode"))
 
     default_model = dict(top.model)
     specs = []

@@ -6,6 +6,11 @@ differ only by what the strategy learned. One call of :meth:`Evaluator.evaluate`
 ``(T, K+1)`` of ``acc`` and ``loss``: per task, the strategy adapts on all support sets at
 once and predicts all query sets at once (``chunk`` episodes at a time to bound memory).
 
+With ``full_test`` (:class:`EvalSettings`) a task is scored on its whole test pool instead of
+on sampled query sets, as Avalanche evaluates: k = 0 is the score over every test item, and for
+k > 0 the support sets are drawn from the task's *training* pool, so that no scored item is
+ever adapted on.
+
 Example:
     >>> import scenarios, strategies
     >>> stream = scenarios.build("split-digits", {"num_tasks": 2}, seed=0)
@@ -21,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from scenarios.base import Episodes, Stream, generator
+from scenarios.base import Episodes, Stream, Support, generator
 from strategies.base import Strategy, task_loss
 
 EVAL_SALT = 7919  # keeps evaluation episodes independent of every other seeded stream
@@ -38,6 +44,13 @@ class EvalSettings:
         shots: support items per class (``None``: the stream's default).
         query: query items per class (``None``: the stream's default).
         chunk: episodes adapted at once (``None``: all); lower it when memory binds.
+        full_test: score each task on its whole test pool rather than on ``episodes`` query
+            sets. k = 0 is then the score over every test item (what Avalanche's experience
+            accuracy measures); for k > 0, ``episodes`` support sets of ``shots`` items per
+            class come from the task's training pool (never from the scored items), each
+            adapted state scores the whole pool, and the scores are averaged over support sets.
+            ``query`` is unused. Not for the few-shot protocol, whose labels only mean
+            something within an episode.
     """
 
     episodes: int = 20
@@ -45,6 +58,18 @@ class EvalSettings:
     shots: int | None = None
     query: int | None = None
     chunk: int | None = None
+    full_test: bool = False
+
+
+@dataclass(frozen=True)
+class PoolColumn:
+    """One task's whole test pool (``x``, ``y``, ``mask``) and the support sets (drawn from
+    its training pool) that the k > 0 scores adapt on; the column type of ``full_test``."""
+
+    x: Tensor
+    y: Tensor
+    mask: Tensor | None
+    support: Support
 
 
 class Evaluator:
@@ -55,11 +80,20 @@ class Evaluator:
         spec = stream.spec
         shots = settings.shots or spec.shots
         query = settings.query or spec.query
-        columns: dict[int, Episodes] = {}
+        if settings.full_test and spec.protocol == "few-shot":
+            raise ValueError("full_test scores a task's whole test pool, which has no common labels under "
+                             "the few-shot protocol; use episodes")
+        columns: dict[int, Episodes | PoolColumn] = {}
         for task in stream:  # a recurring task keeps its column and its episodes
             if task.id not in columns:
                 gen = generator(seed, EVAL_SALT, task.id)
-                columns[task.id] = task.episodes("test", settings.episodes, shots, query, gen).to(device)
+                if settings.full_test:
+                    support = task.episodes("train", settings.episodes, shots, 0, gen).to(device).support
+                    x, y = task.test.examples()
+                    mask = None if task.mask is None else task.mask.to(device)
+                    columns[task.id] = PoolColumn(x.to(device), y.to(device), mask, support)
+                else:
+                    columns[task.id] = task.episodes("test", settings.episodes, shots, query, gen).to(device)
         self.columns = [columns[j] for j in sorted(columns)]
 
     @property
@@ -76,9 +110,9 @@ class Evaluator:
         was_training = strategy.model.training
         strategy.model.eval()
         try:
-            for j, eps in enumerate(self.columns):
-                a, l = self._score_column(strategy, eps, K, kind)
-                acc[j], loss[j] = a, l
+            score = self._score_pool if self.settings.full_test else self._score_column
+            for j, column in enumerate(self.columns):
+                acc[j], loss[j] = score(strategy, column, K, kind)
         finally:
             strategy.model.train(was_training)
         return acc, loss
@@ -102,3 +136,32 @@ class Evaluator:
                     hits[k] += (logits.argmax(-1) == part.query_y).double().mean(-1).sum()
         acc = (hits / E).cpu().numpy() if kind == "classification" else np.full(K + 1, np.nan)
         return acc, (loss_sum / E).cpu().numpy()
+
+    def _score_pool(self, strategy: Strategy, column: PoolColumn, K: int, kind: str):
+        E = len(column.support)
+        chunk = self.settings.chunk or E
+        device = column.x.device
+        loss_sum = torch.zeros(K + 1, dtype=torch.float64, device=device)
+        hits = torch.zeros(K + 1, dtype=torch.float64, device=device)
+        episode_loss = torch.vmap(lambda o, t: task_loss(o, t, kind, column.mask))
+
+        def add(k: int, out: Tensor) -> None:  # out: (n, N, outputs), one row per adapted state
+            targets = column.y.expand(out.shape[0], *column.y.shape)
+            loss_sum[k] += episode_loss(out, targets).double().sum()
+            if kind == "classification":
+                logits = out if column.mask is None else out.masked_fill(~column.mask, float("-inf"))
+                hits[k] += (logits.argmax(-1) == targets).double().mean(-1).sum()
+
+        support = column.support
+        for start in range(0, E, chunk):
+            stop = min(start + chunk, E)
+            part = Support(support.x[start:stop], support.y[start:stop], support.mask)
+            for k, state in enumerate(strategy.adapt(part, K)):
+                if k > 0:
+                    add(k, strategy.predict(state, column.x.expand(stop - start, *column.x.shape)))
+                elif start == 0:  # the unadapted model is the same for every support set: score once
+                    add(0, strategy.predict(state, column.x.unsqueeze(0)))
+        # k = 0 was scored once; every k > 0 once per support set.
+        count = torch.tensor([1.0] + [float(E)] * K, dtype=torch.float64, device=device)
+        acc = (hits / count).cpu().numpy() if kind == "classification" else np.full(K + 1, np.nan)
+        return acc, (loss_sum / count).cpu().numpy()

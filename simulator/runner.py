@@ -100,7 +100,7 @@ def _sync(device: torch.device) -> None:
 
 def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, settings: EvalSettings,
         device: torch.device | str = "cpu", on_task: Callable[[int], None] | None = None,
-        checkpoint: Path | None = None, resume: bool = False) -> RunResult:
+        checkpoint: Path | None = None, resume: bool = False, evaluate: bool = True) -> RunResult:
     """Run ``strategy`` (with ``model``) over ``stream``.
 
     The result depends only on the arguments and the torch thread count: Python's, numpy's
@@ -108,19 +108,22 @@ def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, setting
     ``checkpoint``, the state after each task is saved there atomically; with ``resume`` and
     an existing checkpoint, the run continues after the last saved task and ends with the
     same tensors as an uninterrupted run. ``on_task(i)`` is called after task i is learned
-    and evaluated.
+    and evaluated. ``evaluate=False`` skips every evaluation (no episodes are drawn, the
+    tensors stay NaN and ``eval_seconds`` empty): the training path alone, for timing it.
     """
     device = torch.device(device)
     with seeded(seed, device):
         strategy.setup(model, stream.spec, device, seed=seed)
-        evaluator = Evaluator(stream, settings, seed, device)
+        evaluator = Evaluator(stream, settings, seed, device) if evaluate else None
         T, K = len(stream), settings.adapt_steps
         result = RunResult(strategy.label, seed, stream.spec.kind,
-                           acc=np.full((T + 1, evaluator.num_columns, K + 1), np.nan),
-                           loss=np.full((T + 1, evaluator.num_columns, K + 1), np.nan),
+                           acc=np.full((T + 1, stream.num_columns, K + 1), np.nan),
+                           loss=np.full((T + 1, stream.num_columns, K + 1), np.nan),
                            task_ids=tuple(t.id for t in stream))
 
         def evaluate_row(i: int) -> None:
+            if evaluator is None:
+                return
             start = time.perf_counter()
             result.acc[i], result.loss[i] = evaluator.evaluate(strategy)
             _sync(device)

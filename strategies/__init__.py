@@ -16,6 +16,18 @@ from scenarios.base import Registry, StreamSpec
 from strategies.base import AdaptState, DivergenceError, Strategy, StrategyConfig, task_loss
 
 STRATEGIES = Registry("strategy", {
+    "avalanche.AGEM": "strategies.avalanche:AGEM",
+    "avalanche.EWC": "strategies.avalanche:EWC",
+    "avalanche.ERACE": "strategies.avalanche:ERACE",
+    "avalanche.GDumb": "strategies.avalanche:GDumb",
+    "avalanche.GEM": "strategies.avalanche:GEM",
+    "avalanche.LaMAML": "strategies.avalanche:LaMAML",
+    "avalanche.LwF": "strategies.avalanche:LwF",
+    "avalanche.MAS": "strategies.avalanche:MAS",
+    "avalanche.MER": "strategies.avalanche:MER",
+    "avalanche.Naive": "strategies.avalanche:Naive",
+    "avalanche.Replay": "strategies.avalanche:Replay",
+    "avalanche.SI": "strategies.avalanche:SI",
     "finetune": "strategies.finetune:Finetune",
     "joint": "strategies.joint:Joint",
     "maml": "strategies.maml:MAML",
