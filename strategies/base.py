@@ -66,7 +66,9 @@ def task_loss(outputs: Tensor, targets: Tensor, kind: str, mask: Tensor | None =
         return F.mse_loss(outputs, targets)
     if mask is not None:
         outputs = outputs.masked_fill(~mask, float("-inf"))
-    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+    if outputs.dim() != 2:  # a batch of episodes: flatten; a plain minibatch skips two ops per step
+        outputs, targets = outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)
+    return F.cross_entropy(outputs, targets)
 
 
 def check_finite(loss: Tensor, strategy: str, task: str, step: int) -> None:
