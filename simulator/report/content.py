@@ -239,9 +239,11 @@ def _run_intro(run: RunData) -> list[Block]:
             f"Incomplete: the run is still going or stopped early, after {finished} of {planned} (strategy, seed) "
             "runs; everything below covers the finished runs only."
             + (f" No finished run yet for: {', '.join(missing)}." if missing else ""), warning=True))
+    scored_on = ("each task's whole test pool (k > 0: after adapting on support sets from its training pool)"
+                 if config.get("evaluation", {}).get("full_test") else "each episode's query set")
     blocks.append(paragraph(
-        "Scores are " + ("the MSE on each episode's query set (lower is better); "
-                         if run.regression else "accuracy on each episode's query set (higher is better); ")
+        "Scores are " + (f"the MSE on {scored_on} (lower is better); "
+                         if run.regression else f"accuracy on {scored_on} (higher is better); ")
         + "R[i, j, k] is the score on task j after learning tasks 0..i-1 (row 0: untrained) and k "
         "adaptation steps. BWT and FWT divide by T-1 (the GEM paper; its code divides by T); "
         "forgetting is max-based (Chaudhry et al. 2018)"
