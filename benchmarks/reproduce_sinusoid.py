@@ -8,9 +8,9 @@ alpha = 0.01; meta-batch 25; Adam with learning rate 0.001; 70,000 meta-iteratio
 Everything goes through the public API: ``scenarios.build("sinusoid", ...)`` for the
 functions, ``strategies.build("maml", ...)`` and its ``learn`` for meta-training (called on
 blocks of ``--log-every`` meta-iterations, so the run prints its progress; the optimiser and
-the sampler carry over between blocks), and ``strategy.adapt`` / ``strategy.predict`` on the
-:class:`~simulator.evaluator.Evaluator`'s held-out episodes for the test curve, whose mean is
-checked against ``Evaluator.evaluate``.
+the sampler carry over between blocks; ``benchmarks/metatrain.py``), and the
+:class:`~simulator.evaluator.Evaluator`'s held-out episodes, scored per episode by
+``Evaluator.episode_scores`` (whose mean is the row ``lifelong run`` records) for the test curve.
 
 Training functions: the scenario holds a finite pool of them (``train_functions``). The
 default, 200,000 functions, is about a ninth of the 1.75 million that 70,000 meta-batches of
@@ -35,13 +35,13 @@ import argparse
 import json
 import math
 import os
-import time
 
 import numpy as np
 import torch
 
 import scenarios
 import strategies
+from metatrain import meta_train
 from simulator.evaluator import EvalSettings, Evaluator
 
 REPORTED_STEPS = (0, 1, 2, 5, 10)
@@ -57,32 +57,11 @@ def build_stream(shots: int, train_functions: int, test_functions: int, eval_que
         "points": shots + max(shots, eval_query)}, seed=seed)
 
 
-def meta_train(strategy, task, iterations: int, log_every: int) -> float:
-    """``iterations`` meta-updates in calls of ``learn`` of ``log_every`` each; returns seconds taken."""
-    start, done = time.perf_counter(), 0
-    while done < iterations:
-        block = min(log_every, iterations - done)
-        if block != strategy.config.meta_iterations:
-            strategy.config = strategy.config.model_copy(update={"meta_iterations": block})
-        logs = strategy.learn(task)
-        done += block
-        print(f"  {done:>6} meta-iterations  meta-loss {logs['meta_loss']:.3f} (last {block})  "
-              f"{time.perf_counter() - start:6.0f} s  load {os.getloadavg()[0]:.2f}", flush=True)
-    return time.perf_counter() - start
-
-
-@torch.no_grad()
 def test_curve(strategy, evaluator: Evaluator, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean MSE over the evaluator's held-out tasks after 0..``steps`` steps, and its 95% half-width."""
-    eps = evaluator.columns[0]
-    per_task = torch.vmap(lambda out, y: strategies.task_loss(out, y, "regression"))
-    strategy.model.eval()
-    losses = np.stack([per_task(strategy.predict(state, eps.query_x), eps.query_y).double().numpy()
-                       for state in strategy.adapt(eps.support, steps)])          # (steps + 1, tasks)
+    _, losses = evaluator.episode_scores(strategy, 0)                                # (steps + 1, tasks)
     mean = losses.mean(axis=1)
     half_width = 1.96 * losses.std(axis=1, ddof=1) / math.sqrt(losses.shape[1])
-    _, evaluator_loss = evaluator.evaluate(strategy)
-    np.testing.assert_allclose(mean, evaluator_loss[0], rtol=1e-6)  # the same numbers as the library's evaluator
     return mean, half_width
 
 
@@ -93,7 +72,7 @@ def reproduce(shots: int, args) -> dict:
     torch.manual_seed(args.seed)  # the initial weights, as the runner seeds them
     maml.setup(strategies.build_model("mlp", {"hidden": [40, 40]}, stream.spec), stream.spec, "cpu", seed=args.seed)
     print(f"K = {shots}: {args.iterations} meta-iterations on {args.train_functions} training functions", flush=True)
-    seconds = meta_train(maml, stream[0].training_view(), args.iterations, args.log_every)
+    seconds, _ = meta_train(maml, stream[0].training_view(), args.iterations, args.log_every)
     evaluator = Evaluator(stream, EvalSettings(episodes=args.test_tasks, adapt_steps=max(REPORTED_STEPS),
                                                query=args.eval_query), seed=args.seed)
     mean, half_width = test_curve(maml, evaluator, max(REPORTED_STEPS))

@@ -6,6 +6,9 @@ differ only by what the strategy learned. One call of :meth:`Evaluator.evaluate`
 ``(T, K+1)`` of ``acc`` and ``loss``: per task, the strategy adapts on all support sets at
 once and predicts all query sets at once (``chunk`` episodes at a time to bound memory).
 
+:meth:`Evaluator.episode_scores` gives the per-episode scores behind one task's cells, for
+confidence intervals over episodes.
+
 With ``full_test`` (:class:`EvalSettings`) a task is scored on its whole test pool instead of
 on sampled query sets, as Avalanche evaluates: k = 0 is the score over every test item, and for
 k > 0 the support sets are drawn from the task's *training* pool, so that no scored item is
@@ -117,25 +120,59 @@ class Evaluator:
             strategy.model.train(was_training)
         return acc, loss
 
+    @torch.no_grad()
+    def episode_scores(self, strategy: Strategy, column: int) -> tuple[np.ndarray, np.ndarray]:
+        """Accuracy and loss of every held-out episode of task ``column`` after 0..K adaptation
+        steps, each of shape (K+1, episodes); :meth:`evaluate`'s row is their mean over episodes.
+
+        For confidence intervals over episodes (the few-shot reproductions in ``benchmarks/``).
+        ``acc`` is NaN for regression. Not available with ``full_test``, which scores a pool,
+        not episodes.
+
+        Example:
+            >>> import scenarios, strategies
+            >>> stream = scenarios.build("split-digits", {"num_tasks": 2}, seed=0)
+            >>> s = strategies.build("finetune"); s.setup(strategies.build_model("mlp", {}, stream.spec), stream.spec, "cpu")
+            >>> acc, loss = Evaluator(stream, EvalSettings(episodes=4, adapt_steps=2), seed=0).episode_scores(s, 1)
+            >>> acc.shape
+            (3, 4)
+        """
+        if self.settings.full_test:
+            raise ValueError("full_test scores each task's whole test pool, not episodes; "
+                             "episode_scores needs full_test = false")
+        if not 0 <= column < self.num_columns:
+            raise IndexError(f"task column {column} out of range: the stream has {self.num_columns}")
+        was_training = strategy.model.training
+        strategy.model.eval()
+        try:
+            acc, loss = self._episode_scores(strategy, self.columns[column], self.settings.adapt_steps,
+                                             self.stream.spec.kind)
+        finally:
+            strategy.model.train(was_training)
+        return acc.cpu().numpy(), loss.cpu().numpy()
+
     def _score_column(self, strategy: Strategy, eps: Episodes, K: int, kind: str):
+        acc, loss = self._episode_scores(strategy, eps, K, kind)
+        return acc.mean(1).cpu().numpy(), loss.mean(1).cpu().numpy()
+
+    def _episode_scores(self, strategy: Strategy, eps: Episodes, K: int, kind: str) -> tuple[Tensor, Tensor]:
+        """(K+1, E) float64 accuracy (NaN for regression) and loss per episode, on the device."""
         E = len(eps)
         chunk = self.settings.chunk or E
         device = eps.query_x.device
-        # Sums over episodes of per-episode means; every episode has the same query size, so
-        # dividing by E gives the mean over episodes. Kept on the device until the end.
-        loss_sum = torch.zeros(K + 1, dtype=torch.float64, device=device)
-        hits = torch.zeros(K + 1, dtype=torch.float64, device=device)
+        loss = torch.zeros(K + 1, E, dtype=torch.float64, device=device)
+        acc = torch.full((K + 1, E), float("nan"), dtype=torch.float64, device=device)
         episode_loss = torch.vmap(lambda o, t: task_loss(o, t, kind, eps.mask))
         for start in range(0, E, chunk):
-            part = eps.slice(start, min(start + chunk, E))
+            stop = min(start + chunk, E)
+            part = eps.slice(start, stop)
             for k, state in enumerate(strategy.adapt(part.support, K)):
                 out = strategy.predict(state, part.query_x)
-                loss_sum[k] += episode_loss(out, part.query_y).double().sum()
+                loss[k, start:stop] = episode_loss(out, part.query_y)
                 if kind == "classification":
                     logits = out if part.mask is None else out.masked_fill(~part.mask, float("-inf"))
-                    hits[k] += (logits.argmax(-1) == part.query_y).double().mean(-1).sum()
-        acc = (hits / E).cpu().numpy() if kind == "classification" else np.full(K + 1, np.nan)
-        return acc, (loss_sum / E).cpu().numpy()
+                    acc[k, start:stop] = (logits.argmax(-1) == part.query_y).double().mean(-1)
+        return acc, loss
 
     def _score_pool(self, strategy: Strategy, column: PoolColumn, K: int, kind: str):
         E = len(column.support)

@@ -68,16 +68,21 @@ class MLP(nn.Sequential):
 
 class Conv4Params(Params):
     filters: int = Field(64, gt=0, description="channels of every convolution")
-    blocks: int = Field(4, gt=0, description="conv-BN-ReLU-maxpool blocks; each halves height and width")
+    blocks: int = Field(4, gt=0, description="conv-BN-maxpool-ReLU blocks; each halves height and width")
 
 
 class Conv4(nn.Sequential):
-    """The standard few-shot conv net: ``blocks`` x (conv3x3-BN-ReLU-maxpool2), then a linear output.
+    """The standard few-shot conv net: ``blocks`` x (conv3x3-BN-maxpool2-ReLU), then a linear output.
 
     With the defaults (4 blocks of 64 filters) a 28x28 image ends as 64 features of 1x1, as in
     MAML, Prototypical and Matching Networks. Any input of shape (C, H, W) with H, W >= 2**blocks
     works: the linear layer's width is the flattened size of the last block. BatchNorm always
     uses batch statistics (see the module docstring).
+
+    The ReLU comes after the pooling, where the papers put it before: the same function with the
+    same gradients (ReLU is non-decreasing, so it commutes with the max and picks the same
+    element), applied to a quarter of the values, which saves a pass over the largest
+    activations in every forward and backward pass.
 
     Example:
         >>> import torch
@@ -98,7 +103,7 @@ class Conv4(nn.Sequential):
                              f"{height}x{width} (use fewer blocks for small images)")
         layers: list[nn.Module] = []
         for _ in range(blocks):
-            layers += [nn.Conv2d(channels, filters, 3, padding=1), BatchStatNorm(filters), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(channels, filters, 3, padding=1), BatchStatNorm(filters), MaxPool(2), nn.ReLU()]
             channels, height, width = filters, height // 2, width // 2
         layers += [nn.Flatten(), nn.Linear(filters * height * width, output_size)]
         super().__init__(*layers)
@@ -106,6 +111,30 @@ class Conv4(nn.Sequential):
     @classmethod
     def from_params(cls, params: Conv4Params, spec: StreamSpec) -> "Conv4":
         return cls(spec.input_shape, spec.output_size, params.filters, params.blocks)
+
+
+class MaxPool(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that pools a channels-last copy of its input on the CPU when no gradient
+    is recorded (evaluation, prediction).
+
+    Torch's CPU max-pooling kernel is about ten times slower on the default (NCHW) layout than
+    on channels-last, and the copy costs less than the difference. The result is the same
+    maximum (in channels-last layout, which the next convolution accepts). With gradients the
+    default layout is kept: there the backward pass through the copy costs more than it saves.
+    The layout is chosen by copying rather than with ``memory_format``, which ``vmap`` does
+    not support.
+
+    Example:
+        >>> x = torch.randn(2, 3, 6, 6)
+        >>> with torch.no_grad():
+        ...     torch.equal(MaxPool(2)(x), nn.MaxPool2d(2)(x))
+        True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu":
+            return super().forward(x)
+        return super().forward(x.movedim(-3, -1).contiguous().movedim(-1, -3))
 
 
 class BatchStatNorm(nn.Module):
@@ -137,14 +166,17 @@ class BatchStatNorm(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The variance as the mean square of the centred input (two passes, numerically sound)
+        # rather than ``x.var``, whose CPU kernel over these dimensions is an order of
+        # magnitude slower; the scale is folded per channel so that the full-size tensor is
+        # touched by one multiply and one add (fewer full-size ops in the second-order graph).
         dims = [0, *range(2, x.dim())]
-        mean = x.mean(dims, keepdim=True)
-        var = x.var(dims, correction=0, keepdim=True)
-        out = (x - mean) * torch.rsqrt(var + self.eps)
+        centred = x - x.mean(dims, keepdim=True)
+        scale = torch.rsqrt(centred.square().mean(dims, keepdim=True) + self.eps)
         if self.weight is None:
-            return out
+            return centred * scale
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return out * self.weight.view(shape) + self.bias.view(shape)
+        return centred * (scale * self.weight.view(shape)) + self.bias.view(shape)
 
 
 def use_batch_statistics(model: nn.Module) -> nn.Module:

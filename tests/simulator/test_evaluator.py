@@ -12,20 +12,22 @@ from simulator.evaluator import EvalSettings, Evaluator
 from strategies.base import task_loss
 
 
-def reference_row(strategy, evaluator, K, lr, kind):
-    """Per episode, in Python: copy the model, score the query, take an SGD step on the support."""
-    acc = np.zeros((evaluator.num_columns, K + 1))
-    loss = np.zeros((evaluator.num_columns, K + 1))
+def reference_scores(strategy, evaluator, K, lr, kind):
+    """Per episode, in Python: copy the model, score the query, take an SGD step on the support.
+    Returns accuracy and loss of shape (T, K+1, episodes)."""
+    E = len(evaluator.columns[0])
+    acc = np.full((evaluator.num_columns, K + 1, E), np.nan)
+    loss = np.zeros((evaluator.num_columns, K + 1, E))
     for j, eps in enumerate(evaluator.columns):
         for e in range(len(eps)):
             model = copy.deepcopy(strategy.model)
             for k in range(K + 1):
                 with torch.no_grad():
                     out = model(eps.query_x[e])
-                    loss[j, k] += float(task_loss(out, eps.query_y[e], kind, eps.mask)) / len(eps)
+                    loss[j, k, e] = float(task_loss(out, eps.query_y[e], kind, eps.mask))
                     if kind == "classification":
                         logits = out if eps.mask is None else out.masked_fill(~eps.mask, float("-inf"))
-                        acc[j, k] += float((logits.argmax(-1) == eps.query_y[e]).float().mean()) / len(eps)
+                        acc[j, k, e] = float((logits.argmax(-1) == eps.query_y[e]).double().mean())
                 if k < K:
                     step_loss = task_loss(model(eps.support_x[e]), eps.support_y[e], kind, eps.mask)
                     grads = torch.autograd.grad(step_loss, list(model.parameters()))
@@ -50,10 +52,16 @@ def test_batched_evaluation_equals_per_episode_loop(name, params):
     K = 3
     evaluator = Evaluator(stream, EvalSettings(episodes=5, adapt_steps=K), seed=0)
     acc, loss = evaluator.evaluate(strategy)
-    ref_acc, ref_loss = reference_row(strategy, evaluator, K, 0.05, stream.spec.kind)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    ref_acc, ref_loss = reference_scores(strategy, evaluator, K, 0.05, stream.spec.kind)
+    np.testing.assert_allclose(loss, ref_loss.mean(-1), rtol=1e-5, atol=1e-6)
+    # The scores behind each cell, episode by episode (what confidence intervals are made of).
+    for j in range(evaluator.num_columns):
+        episode_acc, episode_loss = evaluator.episode_scores(strategy, j)
+        assert episode_acc.shape == episode_loss.shape == (K + 1, 5)
+        np.testing.assert_allclose(episode_loss, ref_loss[j], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(episode_acc, ref_acc[j])     # NaN for regression, as in the reference
     if stream.spec.kind == "classification":
-        np.testing.assert_allclose(acc, ref_acc, atol=1e-9)
+        np.testing.assert_allclose(acc, ref_acc.mean(-1), atol=1e-9)
     else:
         assert np.isnan(acc).all()
 
@@ -94,3 +102,13 @@ def test_zero_adaptation_steps_scores_the_model_as_is():
     assert acc0.shape == (2, 1)
     np.testing.assert_array_equal(acc0[:, 0], acc3[:, 0])
     np.testing.assert_array_equal(loss0[:, 0], loss3[:, 0])
+
+
+def test_episode_scores_refuse_full_test_and_unknown_columns():
+    stream = scenarios.build("split-digits", {"num_tasks": 2}, seed=0)
+    strategy = strategies.build("finetune")
+    strategy.setup(strategies.build_model("mlp", {}, stream.spec), stream.spec, "cpu")
+    with pytest.raises(ValueError, match="full_test scores each task's whole test pool, not episodes"):
+        Evaluator(stream, EvalSettings(episodes=2, full_test=True), seed=0).episode_scores(strategy, 0)
+    with pytest.raises(IndexError, match="task column 2 out of range: the stream has 2"):
+        Evaluator(stream, EvalSettings(episodes=2), seed=0).episode_scores(strategy, 2)

@@ -9,7 +9,7 @@ from torch import nn
 
 import strategies
 from scenarios.base import Episodes, StreamSpec
-from strategies.backbones import BatchStatNorm, Conv4, use_batch_statistics
+from strategies.backbones import BatchStatNorm, Conv4, MaxPool, use_batch_statistics
 from strategies.base import AdaptState
 
 from test_maml import assert_close, ours, reference_meta_gradient
@@ -100,3 +100,46 @@ def test_episodic_strategies_apply_the_policy_to_a_user_model():
         strategy = strategies.build(name)
         strategy.setup(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)), spec((4,), 3), "cpu")
         assert isinstance(strategy.model[1], BatchStatNorm), name
+
+
+def papers_conv4(model: Conv4) -> nn.Sequential:
+    """``model``'s parameters in the papers' block order (conv-BN-ReLU-maxpool) with torch's own
+    ``nn.BatchNorm2d``: the computation Conv4 and BatchStatNorm were rewritten from for speed."""
+    layers = []
+    modules = list(model)
+    for conv, norm in zip(modules[0:-2:4], modules[1:-2:4]):
+        bn = nn.BatchNorm2d(norm.weight.numel(), eps=norm.eps, track_running_stats=False)
+        bn.weight, bn.bias = norm.weight, norm.bias
+        layers += [conv, bn, nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, model[-2], model[-1])
+
+
+def test_conv4_equals_the_papers_block_order_with_torch_batchnorm():
+    # Values and second-order meta-gradients, in float64, on images with flat background (ties
+    # in the pooling windows) and an odd size (7x7 -> 3x3 drops a row and a column).
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), 3, filters=4).double()
+    reference = papers_conv4(model)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 9, 1, 28, 28, generator=g, dtype=torch.float64) > 0.8).double()
+    assert torch.allclose(model(x[0]), reference(x[0]), atol=1e-10)
+    y = torch.tensor([0, 1, 2] * 3)
+    eps = Episodes(x[:, :3], torch.stack([y[:3]] * 2), x[:, 3:], torch.stack([y[3:]] * 2))
+    ref = reference_meta_gradient(reference, eps, steps=2, lr=0.4, kind="classification")
+    assert_close(ours(model, eps, steps=2, lr=0.4, kind="classification"), ref, tol=1e-8)
+
+
+def test_channels_last_pooling_without_gradients_gives_the_same_outputs():
+    # Evaluation (no gradients) pools a channels-last copy; training keeps torch's layout. Both
+    # give the same outputs, directly and under predict's vmap over episodes.
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), 5, filters=8)
+    x = (torch.rand(3, 6, 1, 28, 28) > 0.8).float()
+    with torch.no_grad():
+        fast, fast_batched = model(x[0]), torch.func.vmap(model)(x)
+        odd = torch.randn(2, 3, 7, 7)
+        pooled = MaxPool(2)(odd)
+    assert pooled.is_contiguous(memory_format=torch.channels_last)        # the fast path was taken
+    assert torch.equal(pooled, nn.MaxPool2d(2)(odd))
+    slow, slow_batched = model(x[0]), torch.func.vmap(model)(x)
+    assert torch.allclose(fast, slow, atol=1e-5) and torch.allclose(fast_batched, slow_batched, atol=1e-5)

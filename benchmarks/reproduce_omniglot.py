@@ -1,0 +1,368 @@
+"""Reproduce the few-shot Omniglot table (../shared/REFERENCE.md) with the library's strategies.
+
+Protocol (Vinyals et al. 2016, as used by MAML, Prototypical and Matching Networks): the
+``omniglot-fewshot`` scenario meta-trains on the 1200 characters of the Vinyals ``trainval``
+split, each rotation by 0/90/180/270 degrees a class of its own (4800 classes), images resized
+to 28x28, and tests on N-way K-shot episodes of the 423 held-out ``test`` characters (with
+rotations: 1692 classes). The network is ``conv4`` with 64 filters (4 x conv3x3-BN-maxpool-ReLU,
+then a linear layer: the classifier of MAML and Reptile, a 64-wide embedding for Prototypical
+and Matching Networks). BatchNorm uses the statistics of the batch it is given, in training and
+at test (transductive, as in MAML's and Reptile's reference code; strategies/backbones.py).
+
+Rows: ``maml`` (second order), ``fomaml`` (first order), ``protonet`` (the ``protomemory``
+strategy: under the few-shot protocol it is exactly Prototypical Networks, its memory unused),
+``matching`` (Matching Networks without full-context embeddings) and ``reptile``; each for
+5/20-way and 1/5-shot.
+
+Each row goes through the library's public API, the code path of ``lifelong run``:
+``scenarios.build("omniglot-fewshot", ...)``, ``strategies.build(...)``,
+``strategies.build_model("conv4", ...)`` (initial weights seeded as the runner seeds them),
+``strategy.setup`` and ``strategy.learn`` for meta-training (called on blocks of
+``--log-every`` iterations, so that the run prints its progress; optimiser and sampler carry
+over between blocks: ``benchmarks/metatrain.py``), and the
+:class:`~simulator.evaluator.Evaluator`'s held-out episodes, scored by
+``Evaluator.episode_scores`` (per episode, for the confidence interval; their mean is what
+``lifelong run`` records).
+
+Test: ``--episodes`` (default 1000) episodes with ``--query`` (default 5) query images per
+class; the accuracy after the row's adaptation steps, with a 95% confidence interval (1.96
+standard errors over episodes).
+
+Budgets (``--budget paper``, the default, or ``cpu``; any field can be overridden with the
+options below). The paper budgets, and where they differ from the papers:
+
+- MAML, FOMAML (Finn et al. 2017, appendix A.1 and the reference code): Adam 0.001, 60,000
+  meta-iterations; 5-way: meta-batch 32, 1 inner step of 0.4, 3 steps at test; 20-way:
+  meta-batch 16, 5 inner steps of 0.1, 5 at test; K query images per class in training. The
+  paper's Omniglot network uses strided convolutions and no max-pooling; ours max-pools.
+- Prototypical Networks (Snell et al. 2017): one 60-way episode per step (the strategy learns
+  from a 60-way ``omniglot-fewshot`` stream of the same training characters; the test stream
+  is N-way), 5 query images per class, training shots = test shots, Adam 0.001 (the paper
+  halves it every 2000 episodes; ours stays constant). The paper stops on validation loss;
+  20,000 steps stand in for that. The embedding ends with conv4's linear layer (64 to 64),
+  which the paper does not have.
+- Matching Networks (Vinyals et al. 2016): N-way training episodes, 60 / N of them per step
+  (60 classes), 5 query images per class, Adam 0.001, 20,000 steps (the paper gives no
+  training length); cosine attention with scale 10 (the library's default), no FCE.
+- Reptile (Nichol et al. 2018, the Omniglot commands of the reference code): 10 images per
+  class in a training episode, 5 episodes per meta-batch; 5-way: 5 inner steps, 100,000
+  meta-iterations; 20-way: 10 inner steps, 200,000; 50 steps at test (transductive). The
+  paper's inner optimiser is Adam (beta1 = 0) on mini-batches of 10 or 20 with its outer step
+  annealed from 1 to 0; the strategy takes full-batch SGD steps (``inner_lr`` 0.1, our
+  choice: the paper has no SGD step size) with a constant outer step (``epsilon`` = 0.5, the
+  mean of that schedule).
+
+The ``cpu`` budget: for Prototypical Networks and MAML 5-way 1-shot, reduced budgets that
+train in 11 and 16 minutes on two CPU cores and reach 98.4% and 95.6% (benchmarks/RESULTS.md);
+for the other rows, smaller budgets of the same kind for trying the pipeline on a CPU, not
+tuned for accuracy.
+
+The process keeps freed memory (:func:`keep_freed_memory`): on the 2-core CPU machine of
+benchmarks/RESULTS.md that took about 40% off the CPU time of a test forward pass and a few
+percent off a MAML meta-iteration (``conv4_speed.py`` with and without it). It changes no result.
+
+Output: per row a progress log, a Markdown row (also at the end, as a table) and, with
+``--json``, one JSON line per row appended to the file (seed, budget, wall and CPU time of
+training and test, device, threads, load average).
+
+    python benchmarks/reproduce_omniglot.py [--methods maml protonet ...] [--ways 5 20] [--shots 1 5]
+        [--budget paper|cpu] [--meta-iterations N] [--meta-batch-size N] [--episodes 1000]
+        [--device cpu|cuda|auto] [--threads 1] [--seed 0] [--data-root DIR] [--json rows.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+import scenarios
+import strategies
+from metatrain import meta_train
+from simulator.evaluator import EvalSettings, Evaluator
+from scenarios.data import load_omniglot
+from simulator.runner import resolve_device
+
+METHODS = ("maml", "fomaml", "protonet", "matching", "reptile")
+STRATEGY = {"maml": "maml", "fomaml": "maml", "protonet": "protomemory", "matching": "matching",
+            "reptile": "reptile"}
+TITLE = {"maml": "MAML", "fomaml": "first-order MAML", "protonet": "Prototypical Networks (protomemory)",
+         "matching": "Matching Networks", "reptile": "Reptile"}
+
+# ../shared/REFERENCE.md, few-shot Omniglot, keyed by (ways, shots). REFERENCE.md has no
+# first-order MAML figures.
+PUBLISHED = {
+    "maml": ({(5, 1): 98.7, (5, 5): 99.9, (20, 1): 95.8, (20, 5): 98.9}, "Finn et al. 2017, Table 1"),
+    "protonet": ({(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9}, "Snell et al. 2017, Table 1"),
+    "matching": ({(5, 1): 98.1, (5, 5): 98.9, (20, 1): 93.8, (20, 5): 98.5}, "Vinyals et al. 2016, Table 1"),
+    "reptile": ({(5, 1): 97.68, (5, 5): 99.48, (20, 1): 89.43, (20, 5): 97.12},
+                "Nichol et al. 2018, Table 1 (transductive)"),
+}
+
+
+@dataclass
+class Budget:
+    """A row's meta-training settings: the strategy's parameters and the test-time steps."""
+
+    name: str
+    params: dict[str, Any]
+    adapt_steps: int
+    train_ways: int | None = None  # classes of a training episode when not the test's N
+
+
+def paper_budget(method: str, ways: int, shots: int) -> Budget:
+    """The training budget of the paper that introduced ``method`` (see the module docstring)."""
+    if method in ("maml", "fomaml"):
+        five = ways <= 5
+        params = {"meta_lr": 0.001, "meta_iterations": 60_000, "meta_batch_size": 32 if five else 16,
+                  "inner_steps": 1 if five else 5, "inner_lr": 0.4 if five else 0.1, "query": shots,
+                  "first_order": method == "fomaml"}
+        return Budget("paper", params, adapt_steps=3 if five else 5)
+    if method == "protonet":
+        params = {"lr": 0.001, "meta_iterations": 20_000, "meta_batch_size": 1, "shots": shots, "query": 5,
+                  "embedding_dim": 64}
+        return Budget("paper", params, adapt_steps=1, train_ways=60)
+    if method == "matching":
+        params = {"lr": 0.001, "meta_iterations": 20_000, "meta_batch_size": max(1, 60 // ways), "shots": shots,
+                  "query": 5, "embedding_dim": 64}
+        return Budget("paper", params, adapt_steps=1)
+    if method == "reptile":
+        five = ways <= 5
+        params = {"meta_iterations": 100_000 if five else 200_000, "meta_batch_size": 5,
+                  "inner_steps": 5 if five else 10, "inner_lr": 0.1, "epsilon": 0.5, "shots": shots,
+                  "query": 10 - shots}
+        return Budget("paper", params, adapt_steps=50)
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def cpu_budget(method: str, ways: int, shots: int) -> Budget:
+    """The reduced budget for a CPU (see benchmarks/RESULTS.md for what it reaches)."""
+    budget = paper_budget(method, ways, shots)
+    p = dict(budget.params)
+    if method in ("maml", "fomaml"):
+        p.update(meta_iterations=2_400 if ways <= 5 else 1_000, meta_batch_size=16 if ways <= 5 else 8)
+    elif method == "protonet":
+        p.update(meta_iterations=1_600)
+    elif method == "matching":
+        p.update(meta_iterations=2_000)
+    elif method == "reptile":  # 5 episodes x 5 SGD steps on 50 images: about 1.8 s an iteration on 2 cores
+        p.update(meta_iterations=800)
+        return Budget("cpu", p, adapt_steps=10)
+    return Budget("cpu", p, budget.adapt_steps, budget.train_ways)
+
+
+OVERRIDES = {  # command-line option -> strategy parameter, and which strategies have it
+    "meta_iterations": ("meta_iterations", METHODS),
+    "meta_batch_size": ("meta_batch_size", METHODS),
+    "inner_steps": ("inner_steps", ("maml", "fomaml", "reptile")),
+    "inner_lr": ("inner_lr", ("maml", "fomaml", "reptile")),
+    "meta_lr": ("meta_lr", ("maml", "fomaml")),
+    "lr": ("lr", ("protonet", "matching")),
+    "epsilon": ("epsilon", ("reptile",)),
+    "train_query": ("query", METHODS),
+}
+
+
+def row_budget(method: str, ways: int, shots: int, args) -> Budget:
+    """The preset budget of ``--budget`` with the options given on the command line applied."""
+    budget = (cpu_budget if args.budget == "cpu" else paper_budget)(method, ways, shots)
+    changed = []
+    for option, (param, methods) in OVERRIDES.items():
+        value = getattr(args, option)
+        if value is not None and method in methods:
+            budget.params[param] = value
+            changed.append(f"{param}={value}")
+    if args.adapt_steps is not None:
+        budget.adapt_steps = args.adapt_steps
+        changed.append(f"adapt_steps={args.adapt_steps}")
+    if changed:
+        budget.name += " + " + ", ".join(changed)
+    return budget
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory instead of returning it to the system.
+
+    A conv4 activation of a meta-batch is tens of MB; glibc serves blocks that large with a
+    fresh ``mmap`` and unmaps them on free, so every such tensor page-faults its memory in again.
+    With mmap off and trimming deferred, the process reuses its heap (what that saves: the
+    module docstring). Returns whether it applied (glibc only).
+    """
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    return all([libc.mallopt(m_mmap_max, 0), libc.mallopt(m_trim_threshold, 2**31 - 1),
+                libc.mallopt(m_top_pad, 2**28)])
+
+
+def check_rows(args) -> None:
+    """Check every row's test and training episodes, its strategy options and the data files
+    before any row trains (the last row may start hours after the first). Raises ValueError
+    naming the row and the option, or :class:`~scenarios.ScenarioError` for the data files."""
+    fewshot = scenarios.family("omniglot-fewshot").params
+    for ways in args.ways:
+        for shots in args.shots:
+            for method in args.methods:
+                budget = row_budget(method, ways, shots, args)
+                try:
+                    fewshot(ways=ways, shots=shots, query=args.query, data_root=args.data_root)
+                    strategies.build(STRATEGY[method], budget.params)
+                    fewshot(ways=budget.train_ways or ways, shots=budget.params.get("shots") or shots,
+                            query=budget.params["query"], data_root=args.data_root)
+                except ValidationError as err:
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                                         if e["loc"] else e["msg"].removeprefix("Value error, ") for e in err.errors())
+                    raise ValueError(f"row {method} {ways}-way {shots}-shot ({budget.name} budget): "
+                                     f"{problems}") from None
+    load_omniglot(args.data_root)  # checks the files against their checksums and fills the cache
+
+
+def at_least(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def reproduce(method: str, ways: int, shots: int, args, device: torch.device) -> dict[str, Any]:
+    budget = row_budget(method, ways, shots, args)
+    stream = scenarios.build("omniglot-fewshot", {"ways": ways, "shots": shots, "query": args.query,
+                                                  "data_root": args.data_root}, seed=args.seed)
+    # The stream the strategy learns from: the same training characters, with the training
+    # episodes' number of classes where the paper's differs from the test's.
+    train_stream = stream if budget.train_ways in (None, ways) else scenarios.build(
+        "omniglot-fewshot", {"ways": budget.train_ways, "shots": shots, "query": args.query,
+                             "data_root": args.data_root}, seed=args.seed)
+    params = {**budget.params, "meta_iterations": min(args.log_every, budget.params["meta_iterations"])}
+    strategy = strategies.build(STRATEGY[method], params, label=method)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)  # the initial weights come from the seed, as in the runner
+        model = strategies.build_model("conv4", {"filters": 64}, strategy.model_spec(train_stream.spec))
+    strategy.setup(model, train_stream.spec, device, seed=args.seed)
+    print(f"\n{TITLE[method]}, {ways}-way {shots}-shot, budget {budget.name}: {budget.params}, "
+          f"{train_stream.spec.ways}-way training episodes, {budget.adapt_steps} step(s) at test", flush=True)
+    load_before = os.getloadavg()
+    train_wall, train_cpu = meta_train(strategy, train_stream[0].training_view(),
+                                       budget.params["meta_iterations"], args.log_every)
+
+    settings = EvalSettings(episodes=args.episodes, adapt_steps=budget.adapt_steps, query=args.query,
+                            chunk=args.chunk)
+    wall, cpu = time.perf_counter(), time.process_time()
+    evaluator = Evaluator(stream, settings, seed=args.seed, device=device)
+    accuracies, _ = evaluator.episode_scores(strategy, 0)          # (adapt_steps + 1, episodes)
+    test_wall, test_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    final = accuracies[-1]
+    published, source = PUBLISHED.get(method, ({}, None))
+    return {
+        "method": method, "strategy": STRATEGY[method], "ways": ways, "shots": shots, "seed": args.seed,
+        "budget": budget.name, "params": budget.params, "train_ways": train_stream.spec.ways,
+        "adapt_steps": budget.adapt_steps,
+        "test_episodes": len(final), "test_query_per_class": args.query,
+        "accuracy": 100 * float(final.mean()),
+        "ci95": 100 * 1.96 * float(final.std(ddof=1)) / math.sqrt(len(final)),
+        "accuracy_by_step": [100 * float(a) for a in accuracies.mean(axis=1)],
+        "published": published.get((ways, shots)), "published_source": source,
+        "train_wall_s": train_wall, "train_cpu_s": train_cpu, "test_wall_s": test_wall, "test_cpu_s": test_cpu,
+        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
+        "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)"
+
+
+def markdown_row(r: dict[str, Any]) -> str:
+    published = "-" if r["published"] is None else f"{r['published']:.2f}".rstrip("0").rstrip(".")
+    return (f"| {TITLE[r['method']]} | {r['ways']}-way {r['shots']}-shot | {r['accuracy']:.2f} +- {r['ci95']:.2f} | "
+            f"{published} | {r['budget']} | {r['params']['meta_iterations']} x {r['params']['meta_batch_size']} "
+            f"({r['train_ways']}-way) | "
+            f"{r['adapt_steps']} | {r['seed']} | {r['device']} ({r['threads']} thr) | "
+            f"{r['train_wall_s'] / 60:.1f} / {r['train_cpu_s'] / 60:.1f} | {r['test_wall_s'] / 60:.1f} / "
+            f"{r['test_cpu_s'] / 60:.1f} | {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} |")
+
+
+HEADER = ("| method | task | accuracy % (95% CI) | published | budget | iterations x episodes | test steps | seed | "
+          "device | train min (wall / CPU) | test min (wall / CPU) | load (start / end) |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--ways", nargs="+", type=at_least(2), default=[5, 20])
+    p.add_argument("--shots", nargs="+", type=at_least(1), default=[1, 5])
+    p.add_argument("--budget", choices=["paper", "cpu"], default="paper",
+                   help="preset training budget: the papers' (default) or the reduced CPU one")
+    p.add_argument("--meta-iterations", type=at_least(1), help="override: meta-iterations (training steps)")
+    p.add_argument("--meta-batch-size", type=at_least(1), help="override: episodes per meta-iteration")
+    p.add_argument("--inner-steps", type=at_least(0), help="override (MAML, FOMAML, Reptile): inner steps in training")
+    p.add_argument("--inner-lr", type=float, help="override (MAML, FOMAML, Reptile): inner step size, also at test")
+    p.add_argument("--meta-lr", type=float, help="override (MAML, FOMAML): Adam learning rate")
+    p.add_argument("--lr", type=float, help="override (Prototypical, Matching): Adam learning rate")
+    p.add_argument("--epsilon", type=float, help="override (Reptile): outer step size")
+    p.add_argument("--train-query", type=at_least(1), help="override: query images per class of a training episode")
+    p.add_argument("--adapt-steps", type=at_least(0), help="override: adaptation steps at test")
+    p.add_argument("--episodes", type=at_least(1), default=1000, help="test episodes (default 1000)")
+    p.add_argument("--query", type=at_least(1), default=5, help="query images per class of a test episode")
+    p.add_argument("--chunk", type=at_least(1), default=25, help="test episodes adapted and scored at once")
+    p.add_argument("--log-every", type=at_least(1), default=250, help="iterations between progress lines")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--threads", type=at_least(1), default=1,
+                   help="torch CPU threads (default 1: on a small machine shared with other jobs, more "
+                        "threads only wait for each other)")
+    p.add_argument("--data-root", default=os.environ.get("LIFELONG_DATA"),
+                   help="folder holding omniglot/ (default: $LIFELONG_DATA)")
+    p.add_argument("--json", help="append one JSON line per row to this file")
+    args = p.parse_args()
+    try:
+        device = resolve_device(args.device)
+        check_rows(args)
+    except ValueError as err:
+        p.exit(2, f"{p.prog}: error: {err}\n")
+    torch.set_num_threads(args.threads)
+    tuned = keep_freed_memory()
+    print(f"torch {torch.__version__}, device {device} ({device_name(device)}), {args.threads} thread(s), "
+          f"malloc keeps freed memory: {tuned}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    for method in args.methods:
+        for ways in args.ways:
+            for shots in args.shots:
+                r = reproduce(method, ways, shots, args, device)
+                r["malloc_keeps_freed_memory"] = tuned
+                rows.append(r)
+                print(HEADER.splitlines()[0] + "\n" + markdown_row(r), flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+    print("\n" + HEADER)
+    for r in rows:
+        print(markdown_row(r))
+
+
+if __name__ == "__main__":
+    main()
