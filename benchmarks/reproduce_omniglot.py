@@ -148,17 +148,17 @@ def paper_budget(method: str, ways: int, shots: int) -> Budget:
 def cpu_budget(method: str, ways: int, shots: int) -> Budget:
     """The reduced budget for a CPU (see benchmarks/RESULTS.md for what it reaches)."""
     budget = paper_budget(method, ways, shots)
-    p = dict(budget.params)
+    budget.name = "cpu"
     if method in ("maml", "fomaml"):
-        p.update(meta_iterations=2_400 if ways <= 5 else 1_000, meta_batch_size=16 if ways <= 5 else 8)
+        budget.params.update(meta_iterations=2_400 if ways <= 5 else 1_000, meta_batch_size=16 if ways <= 5 else 8)
     elif method == "protonet":
-        p.update(meta_iterations=1_600)
+        budget.params.update(meta_iterations=1_600)
     elif method == "matching":
-        p.update(meta_iterations=2_000)
+        budget.params.update(meta_iterations=2_000)
     elif method == "reptile":  # 5 episodes x 5 SGD steps on 50 images: about 1.8 s an iteration on 2 cores
-        p.update(meta_iterations=800)
-        return Budget("cpu", p, adapt_steps=10)
-    return Budget("cpu", p, budget.adapt_steps, budget.train_ways)
+        budget.params.update(meta_iterations=800)
+        budget.adapt_steps = 10
+    return budget
 
 
 OVERRIDES = {  # command-line option -> strategy parameter, and which strategies have it
@@ -253,8 +253,7 @@ def reproduce(method: str, ways: int, shots: int, args, device: torch.device) ->
     train_stream = stream if budget.train_ways in (None, ways) else scenarios.build(
         "omniglot-fewshot", {"ways": budget.train_ways, "shots": shots, "query": args.query,
                              "data_root": args.data_root}, seed=args.seed)
-    params = {**budget.params, "meta_iterations": min(args.log_every, budget.params["meta_iterations"])}
-    strategy = strategies.build(STRATEGY[method], params, label=method)
+    strategy = strategies.build(STRATEGY[method], budget.params, label=method)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)  # the initial weights come from the seed, as in the runner
         model = strategies.build_model("conv4", {"filters": 64}, strategy.model_spec(train_stream.spec))

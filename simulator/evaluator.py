@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,17 @@ class PoolColumn:
     support: Support
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """``model`` in eval mode for the block, then back in the mode it was in (even on error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 class Evaluator:
     """Scores a strategy on every task of ``stream`` with fixed episodes from ``seed``."""
 
@@ -110,14 +122,10 @@ class Evaluator:
         acc = np.full((self.num_columns, K + 1), np.nan)
         loss = np.full((self.num_columns, K + 1), np.nan)
         kind = self.stream.spec.kind
-        was_training = strategy.model.training
-        strategy.model.eval()
-        try:
-            score = self._score_pool if self.settings.full_test else self._score_column
+        score = self._score_pool if self.settings.full_test else self._score_column
+        with eval_mode(strategy.model):
             for j, column in enumerate(self.columns):
                 acc[j], loss[j] = score(strategy, column, K, kind)
-        finally:
-            strategy.model.train(was_training)
         return acc, loss
 
     @torch.no_grad()
@@ -142,13 +150,9 @@ class Evaluator:
                              "episode_scores needs full_test = false")
         if not 0 <= column < self.num_columns:
             raise IndexError(f"task column {column} out of range: the stream has {self.num_columns}")
-        was_training = strategy.model.training
-        strategy.model.eval()
-        try:
+        with eval_mode(strategy.model):
             acc, loss = self._episode_scores(strategy, self.columns[column], self.settings.adapt_steps,
                                              self.stream.spec.kind)
-        finally:
-            strategy.model.train(was_training)
         return acc.cpu().numpy(), loss.cpu().numpy()
 
     def _score_column(self, strategy: Strategy, eps: Episodes, K: int, kind: str):
