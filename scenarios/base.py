@@ -425,9 +425,10 @@ class Registry:
 
 class Params(BaseModel):
     """Base of every parameter model (scenarios, strategies, models): unknown keys are errors,
-    types are checked strictly (a string is never silently read as a number), values frozen."""
+    types are checked strictly (a string is never silently read as a number), every float is
+    finite (``inf`` and ``nan`` are refused: no setting means them), values frozen."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,17 @@ def from_datasets(tasks: Sequence[tuple[Any, Any]], **options) -> Stream:
 
 # -- a function named in an experiment file ------------------------------------------------------
 
+def _one_paragraph(text: str) -> str:
+    """``text`` on one line: its non-blank lines joined with spaces (a user's exception
+    message may span lines; an error is reported as one paragraph).
+
+    Example:
+        >>> _one_paragraph("no file\\n  at /x\\n")
+        'no file at /x'
+    """
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 _callable_families: dict[str, Family] = {}
 
 
@@ -193,7 +204,7 @@ def _import_target(target: str) -> Callable:
                             f"installed or lie in the current directory ({os.getcwd()})") from None
     except Exception as err:  # the user's module itself fails: report it, not a traceback
         raise ScenarioError(f"importing module {module_name!r} for scenario {target!r} failed: "
-                            f"{type(err).__name__}: {err}") from None
+                            f"{type(err).__name__}: {_one_paragraph(str(err))}") from None
     fn = module
     for part in attr.split("."):
         if not hasattr(fn, part):
@@ -256,15 +267,20 @@ def callable_family(target: str) -> Family:
 
     Raises:
         ScenarioError: the module cannot be imported, the function does not exist, is not
-            callable or takes no ``seed``; later, from ``build``, when it returns something
-            other than a Stream.
+            callable or takes no ``seed``; later, from ``build``, when the function raises
+            (its exception's type and message, in one paragraph) or returns something other
+            than a Stream.
     """
     if target not in _callable_families:
         fn = _import_target(target)
         model = _params_model(target, fn)
 
         def build(params: Params, seed: int) -> Stream:
-            stream = fn(**params.model_dump(), seed=seed)
+            try:
+                stream = fn(**params.model_dump(), seed=seed)
+            except Exception as err:  # the user's code fails: report its error, not a traceback
+                raise ScenarioError(f"scenario {target} failed with seed {seed}: {type(err).__name__}: "
+                                    f"{_one_paragraph(str(err))}") from None
             if not isinstance(stream, Stream):
                 raise ScenarioError(
                     f"scenario {target} returned a {type(stream).__module__}.{type(stream).__qualname__}; it must "

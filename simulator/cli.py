@@ -32,6 +32,26 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifelong", description="Lifelong-learning simulator for meta-learning strategies.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,7 +65,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output directory (default: reports/<experiment name>)")
     r.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out: keep finished runs, resume the "
-                        "interrupted one from its last task checkpoint")
+                        "interrupted one from its last checkpoint (between tasks or inside one)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="first remove the results, checkpoints and report already in --out (of this or "
+                        "another experiment); without it such a directory is refused")
+    r.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="also checkpoint inside a task every N iterations (default: by time only)")
+    r.add_argument("--checkpoint-minutes", type=_positive_float, default=5.0, metavar="M",
+                   help="checkpoint inside a task when M minutes passed since the last checkpoint (default 5)")
+    r.add_argument("--log-every", type=_positive_float, default=30.0, metavar="SECONDS",
+                   help="without a terminal, print a progress line inside a task every SECONDS (default 30)")
     r.add_argument("--quiet", action="store_true", help="print only the final line")
     sw = sub.add_parser("sweep", help="run the grid of an experiment file's [sweep] table as trials",
                         description="Expand the [sweep] grid x strategies x seeds into trials and run the "
@@ -164,10 +193,12 @@ def list_command() -> str:
 
 
 def run_command(args) -> int:
+    from simulator.checkpoint import CheckpointError
     from simulator.config import ConfigError, load_experiment
     from scenarios.base import ScenarioError
-    from simulator.rundir import ResumeError
-    from simulator.runner import resolve_device, run_experiment
+    from simulator.lock import LockedError
+    from simulator.rundir import RunDirError
+    from simulator.runner import CheckpointPolicy, resolve_device, run_experiment
 
     try:
         experiment = load_experiment(args.experiment, args.overrides, args.seeds, args.device, args.data_root)
@@ -175,20 +206,30 @@ def run_command(args) -> int:
     except (ConfigError, ValueError) as err:
         print(f"lifelong: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    out = Path(args.out) if args.out else Path("reports") / experiment.name
-    if not _writable(out):
+    if args.resume and args.overwrite:
+        print("lifelong: error: --resume keeps the results in --out and --overwrite removes them: give one",
+              file=sys.stderr)
         return EXIT_USAGE
+    out = Path(args.out) if args.out else Path("reports") / experiment.name
+    created = not out.exists()
+    policy = CheckpointPolicy(steps=args.checkpoint_every, seconds=args.checkpoint_minutes * 60)
     try:
-        outcome = run_experiment(experiment, out, quiet=args.quiet, resume=args.resume)
-    except (ResumeError, ScenarioError) as err:  # ScenarioError: data files or a user stream, at build
+        outcome = run_experiment(experiment, out, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite,
+                                 policy=policy, log_seconds=args.log_every)
+    except (RunDirError, CheckpointError, LockedError, ScenarioError, ConfigError) as err:
+        # ScenarioError: data files or a user stream, at build; ConfigError: the streams' checks.
+        _remove_if_empty(out, created)
         print(f"lifelong: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
-        print(f"lifelong: cannot write the run directory {out}: {err.strerror or err}. "
-              f"Runs finished before this are saved there.", file=sys.stderr)
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"lifelong: cannot write the run directory {out}{where}: {err.strerror or err}. "
+              f"Runs finished before this are saved there (continue with --resume).", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"lifelong: interrupted; finished runs are saved in {out} "
+    except KeyboardInterrupt as err:
+        _remove_if_empty(out, created)
+        detail = f"{err}; " if str(err) else ""
+        print(f"lifelong: interrupted: {detail}finished runs are saved in {out} "
               f"(continue with --resume).", file=sys.stderr)
         return 130
     if outcome.reused:
@@ -200,6 +241,18 @@ def run_command(args) -> int:
         return 1
     print(f"report: {out / 'index.html'} and {out / 'report.md'}")
     return 0
+
+
+def _remove_if_empty(out: Path, created: bool) -> None:
+    """Remove the output directory this command created when nothing but its lock is in it."""
+    if not created or not out.is_dir():
+        return
+    if all(p.name == ".lock" for p in out.iterdir()):
+        (out / ".lock").unlink(missing_ok=True)
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def report_command(args) -> int:
@@ -233,7 +286,9 @@ def _writable(out: Path) -> bool:
 
 def sweep_command(args) -> int:
     from simulator.config import ConfigError
+    from simulator.lock import LockedError
     from simulator.runner import resolve_device
+    from simulator.store import StoreError
     from simulator.sweep import SweepError, load_sweep, run_sweep
 
     try:
@@ -247,13 +302,26 @@ def sweep_command(args) -> int:
     except (ConfigError, ValueError) as err:
         print(f"lifelong: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("lifelong: interrupted before any trial ran", file=sys.stderr)
+        return 130
     out = Path(args.out) if args.out else Path("reports") / f"{sweep.name}-sweep"
     if not _writable(out):
         return EXIT_USAGE
     try:
         outcome = run_sweep(sweep, out, workers=args.workers, backend=args.backend, address=args.address,
                             quiet=args.quiet)
-    except SweepError as err:
+    except StoreError as err:
+        if err.damaged:
+            print(f"lifelong: error: {err.path} is damaged or not a results database ({err.reason}). Move it "
+                  f"away and run the same command again: trials already finished are read back from "
+                  f"{out / 'trials'}, not run again.", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"lifelong: cannot update the results database {err.path}: {err.reason}. Trials finished "
+              f"before this are recorded there and no trial process is left running; fix the cause (for "
+              f"example free disk space) and run the same command again to continue.", file=sys.stderr)
+        return 1
+    except (LockedError, SweepError) as err:
         print(f"lifelong: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
@@ -264,27 +332,41 @@ def sweep_command(args) -> int:
         print(f"lifelong: interrupted; finished trials are recorded in {out / 'results.db'} "
               f"(run the same command again to continue).", file=sys.stderr)
         return 130
+    # Counts as results.db has them: "failed" includes failures of earlier runs still standing.
+    retry = [f for f in outcome.failed if f.failure != "trial"]
     print(f"trials: {len(sweep.trials)} in all, {outcome.skipped} already finished, {outcome.ran} run now, "
-          f"{len(outcome.failed)} failed")
-    for trial_id, error in outcome.failed:
-        print(f"lifelong: trial {trial_id} failed: {error}", file=sys.stderr)
+          f"{len(outcome.failed)} failed" + (f" ({len(retry)} to retry: run the same command again)" if retry else ""))
+    for f in outcome.failed:
+        kind = "failed" if f.failure == "trial" else "failed (retried by the next run)"
+        print(f"lifelong: trial {f.trial_id} {kind}: {f.error}", file=sys.stderr)
     print(f"summary: {out / 'summary.md'}")
     return 1 if outcome.failed else 0
 
 
 def export_command(args) -> int:
-    from simulator.store import ResultsDB
+    from simulator.store import ResultsDB, StoreError, errors_named
 
     db_path = Path(args.directory) / "results.db"
     if not db_path.is_file():
         print(f"lifelong: error: no results database at {db_path}", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out) if args.out else Path(args.directory) / "metrics.csv"
-    db = ResultsDB(db_path)
     try:
-        count = db.export_csv(out)
-    finally:
-        db.close()
+        db = ResultsDB(db_path, create=False)
+        try:
+            with errors_named(db_path):
+                count = db.export_csv(out)
+        finally:
+            db.close()
+    except StoreError as err:
+        if err.damaged:
+            print(f"lifelong: error: {err.path} is damaged or not a results database ({err.reason})", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"lifelong: cannot read the results database {err.path}: {err.reason}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"lifelong: cannot write {out}: {err.strerror or err}", file=sys.stderr)
+        return 1
     print(f"exported {count} metric rows to {out}")
     return 0
 

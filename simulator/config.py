@@ -36,12 +36,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 import scenarios
 import strategies
@@ -69,16 +73,73 @@ class EvaluationParams(Params):
                                                "k > 0 adapts on `episodes` support sets from the training pool")
 
 
+MAX_THREADS = 4096
+"""Most torch CPU threads a run may ask for: each is an OS thread, and more threads than cores
+only slow a run down, so a count beyond the largest machines' cores is a mistake."""
+
+MAX_FILE_BYTES = 10 * 2**20
+"""Largest experiment file read: experiments are a few kilobytes of TOML, so a larger file is
+the wrong file (a dataset, a log), refused before it is read into memory."""
+
+
+def plain_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an experiment, or ``None``.
+
+    The name becomes a folder (``reports/<name>``, ``reports/<name>-sweep``), so it must be a
+    plain name: letters, digits, ``-``, ``_`` and ``.``, not starting with ``.`` (no path
+    separators, no ``..``, no hidden folder), at most 200 characters.
+
+    Example:
+        >>> plain_name_problem("split-mnist_v2.1") is None
+        True
+        >>> plain_name_problem("../x").endswith("names the folder reports/<name>; got '../x'")
+        True
+    """
+    if re.fullmatch(r"[\w-][\w.-]{0,199}", name) is not None:
+        return None
+    too_long = " (more than 200 characters)" if len(name) > 200 else ""
+    return (f"must be a plain name (letters, digits, '-', '_' and '.', not starting with '.'), since it "
+            f"names the folder reports/<name>; got {name!r}{too_long}")
+
+
 class TopLevel(Params):
-    name: str | None = Field(None, min_length=1, description="experiment name (default: the file's stem)")
+    name: str | None = Field(None, description="experiment name (default: the file's stem)")
     seeds: list[int] = Field([0], min_length=1, description="one run per seed and strategy")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="cpu, cuda, or auto (cuda when available)")
-    threads: int = Field(1, gt=0, description="torch CPU threads")
+    threads: int = Field(1, description=f"torch CPU threads (1..{MAX_THREADS})")
     scenario: dict[str, Any] = Field(description="the stream: name plus its parameters")
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"}, description="backbone: name plus parameters")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="evaluation settings")
     strategies: dict[str, dict[str, Any]] = Field(min_length=1, description="label -> strategy table")
     data_root: str | None = Field(None, min_length=1, description="folder of the data files (default: $LIFELONG_DATA, else ./data)")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        problem = None if name is None else plain_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, seeds: list[int]) -> list[int]:
+        bad = [s for s in seeds if not 0 <= s < 2**32]
+        if bad:  # numpy's global generator, seeded from the run's seed, takes 32-bit seeds only
+            raise ValueError(f"every seed must be in 0..2**32-1 = 4294967295 (numpy seeds are 32-bit), "
+                             f"got {bad[0]}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"must not repeat a seed: {seeds}")
+        return seeds
+
+    @field_validator("threads")
+    @classmethod
+    def _thread_count(cls, threads: int) -> int:
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"must be between 1 and {MAX_THREADS}, got {threads}: torch starts one OS thread per "
+                             f"CPU thread, and more threads than cores only slow a run down (this machine has "
+                             f"{os.cpu_count()})")
+        return threads
 
 
 @dataclass(frozen=True)
@@ -90,6 +151,7 @@ class StrategySpec:
     config: Any
     model_name: str
     model_params: Any
+    model_path: str = "model"  # the table the model came from, for messages: model or strategies.<label>.model
 
 
 @dataclass(frozen=True)
@@ -131,12 +193,41 @@ _MESSAGES = {
     "dict_type": lambda e: f"must be a table, got {e['input']!r}",
     "literal_error": lambda e: f"must be one of {e['ctx']['expected']}, got {e['input']!r}",
     "string_pattern_mismatch": lambda e: f"{e['input']!r} does not match {e['ctx']['pattern']}",
+    "finite_number": lambda e: f"must be a finite number, got {e['input']!r}",
+    "too_short": lambda e: ("must not be empty" if e["ctx"]["min_length"] == 1
+                            else f"needs at least {e['ctx']['min_length']} items, got {e['ctx']['actual_length']}"),
+    "too_long": lambda e: f"must have at most {e['ctx']['max_length']} items, got {e['ctx']['actual_length']}",
+    "string_too_short": lambda e: ("must not be empty" if e["ctx"]["min_length"] == 1
+                                   else f"must have at least {e['ctx']['min_length']} characters"),
 }
+
+
+def _union_member(model: type[Params], loc: tuple) -> bool:
+    """Whether ``loc`` is inside one member of a union-typed field of ``model``: pydantic then
+    puts the member's type name (``float``, ``list[float]``) after the field's name."""
+    field = model.model_fields.get(loc[0]) if loc and isinstance(loc[0], str) else None
+    if field is None or len(loc) < 2 or not isinstance(loc[1], str):
+        return False
+    members = [a for a in typing.get_args(field.annotation) if a is not type(None)]
+    return typing.get_origin(field.annotation) in (typing.Union, types.UnionType) and len(members) > 1
+
+
+def _errors(err: ValidationError, model: type[Params]) -> list[dict[str, Any]]:
+    """The errors of ``err``, with one per union-typed field: that of the member which matched
+    furthest (``si_lambda = [inf]`` is a list whose item is not finite, not a bad float),
+    its type name taken out of the location."""
+    plain, unions = [], {}
+    for e in err.errors():
+        if not _union_member(model, e["loc"]):
+            plain.append(e)
+        elif e["loc"][0] not in unions or len(e["loc"]) > len(unions[e["loc"][0]]["loc"]):
+            unions[e["loc"][0]] = e
+    return plain + [{**e, "loc": (e["loc"][0], *e["loc"][2:])} for e in unions.values()]
 
 
 def _problems(err: ValidationError, prefix: str, model: type[Params]) -> list[tuple[str, str]]:
     out = []
-    for e in err.errors():
+    for e in _errors(err, model):
         loc = [str(p) for p in e["loc"]]
         path = ".".join(([prefix] if prefix else []) + loc)
         if e["type"] == "extra_forbidden":
@@ -211,14 +302,41 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
 
 
 def read_raw(path: str | Path) -> dict[str, Any]:
-    """The TOML data of an experiment file; :class:`ConfigError` if missing or not TOML."""
+    """The TOML data of an experiment file; :class:`ConfigError` naming the file if it is
+    missing, a directory or another non-regular file, unreadable, larger than
+    :data:`MAX_FILE_BYTES`, not UTF-8 text, or not TOML."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), [("", f"no such file (looked in {path.resolve().parent})")])
+    data = _read_bytes(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), [("", f"not a text file (byte {data[err.start]:#04x} at offset {err.start} "
+                                           f"is not UTF-8); an experiment file is TOML text")]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(path), [("", f"not valid TOML: {err}")]) from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of the regular file ``path``; :class:`ConfigError` saying why they cannot be had."""
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(str(path), [("", why)])
+
+    try:
+        if path.is_dir():
+            raise refuse("is a directory, not an experiment file")
+        if not path.exists():
+            raise refuse(f"no such file (looked in {path.resolve().parent})")
+        if not path.is_file():  # a device or a pipe could block or never end
+            raise refuse("is not a regular file (a device, pipe or socket); an experiment file is TOML text")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise refuse(f"is {size} bytes, and experiment files are short TOML texts (at most "
+                         f"{MAX_FILE_BYTES} bytes): is it the right file?")
+        return path.read_bytes()
+    except OSError as err:
+        raise refuse(f"cannot be read: {err.strerror or err}") from None
 
 
 def load_experiment(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = None,
@@ -247,10 +365,10 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
     top = _validate(TopLevel, raw, "", problems)
     if top is None:
         raise ConfigError(source, problems)
-    if len(set(top.seeds)) != len(top.seeds):
-        problems.append(("seeds", f"must not repeat a seed: {top.seeds}"))
-    if any(s < 0 for s in top.seeds):
-        problems.append(("seeds", "must be >= 0"))
+    name_problem = None if top.name is not None else plain_name_problem(default_name)
+    if name_problem:
+        problems.append(("name", f"not set, and the default (the file's name without its extension) "
+                                 f"{name_problem}; set name = \"...\" in the file"))
 
     scenario_raw = dict(top.scenario)
     family = _scenario_family(scenario_raw.pop("name", None), problems)
@@ -268,6 +386,11 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
     default_model = dict(top.model)
     specs = []
     for label, table in top.strategies.items():
+        if not label.strip() or not label.isprintable():
+            # A label is printed in messages, reports and the terminal: control characters
+            # (escape sequences, NUL, newlines) would garble or forge what a user reads.
+            problems.append(("strategies", f"label {label!r} must be printable text, not empty"))
+            continue
         prefix = f"strategies.{label}"
         table = dict(table)
         cls = _lookup(strategies.STRATEGIES, table.pop("strategy", label), f"{prefix}.strategy", problems)
@@ -282,7 +405,7 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
             model_cls.Params, {k: v for k, v in model_table.items() if k != "name"}, model_prefix, problems)
         config = cls and _validate(cls.Config, table, prefix, problems)
         if cls and config and model_params:
-            specs.append(StrategySpec(label, cls.name, config, model_name, model_params))
+            specs.append(StrategySpec(label, cls.name, config, model_name, model_params, model_prefix))
 
     if problems:  # the shared [model] table is checked once per strategy: report it once
         raise ConfigError(source, list(dict.fromkeys(problems)))

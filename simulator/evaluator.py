@@ -9,6 +9,12 @@ once and predicts all query sets at once (``chunk`` episodes at a time to bound 
 :meth:`Evaluator.episode_scores` gives the per-episode scores behind one task's cells, for
 confidence intervals over episodes.
 
+No score is computed from a diverged model: if any output or query loss of a task's cells is
+NaN or infinite, evaluation stops with :class:`~strategies.base.DivergenceError` naming the
+strategy, the task, the row (tasks learned so far, when given) and the first adaptation step
+at which it happened. The check is vectorised: a few reductions per batch of episodes and
+adaptation step, kept on the device, and one host transfer per task.
+
 With ``full_test`` (:class:`EvalSettings`) a task is scored on its whole test pool instead of
 on sampled query sets, as Avalanche evaluates: k = 0 is the score over every test item, and for
 k > 0 the support sets are drawn from the task's *training* pool, so that no scored item is
@@ -33,7 +39,7 @@ import torch
 from torch import Tensor
 
 from scenarios.base import Episodes, Stream, Support, generator
-from strategies.base import Strategy, task_loss
+from strategies.base import DivergenceError, Strategy, task_loss
 
 EVAL_SALT = 7919  # keeps evaluation episodes independent of every other seeded stream
 
@@ -110,14 +116,22 @@ class Evaluator:
                 else:
                     columns[task.id] = task.episodes("test", settings.episodes, shots, query, gen).to(device)
         self.columns = [columns[j] for j in sorted(columns)]
+        names = {task.id: task.name for task in reversed(stream)}  # a recurring task: its first name
+        self.task_names = [names[j] for j in sorted(columns)]
 
     @property
     def num_columns(self) -> int:
         return len(self.columns)
 
     @torch.no_grad()
-    def evaluate(self, strategy: Strategy) -> tuple[np.ndarray, np.ndarray]:
-        """One row: ``acc`` and ``loss`` of shape (T, K+1). ``acc`` is NaN for regression."""
+    def evaluate(self, strategy: Strategy, row: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One row: ``acc`` and ``loss`` of shape (T, K+1). ``acc`` is NaN for regression.
+
+        ``row`` (the number of tasks learned) only names the row in an error message.
+
+        Raises:
+            DivergenceError: an output or a query loss of some task's cells is NaN or infinite.
+        """
         K = self.settings.adapt_steps
         acc = np.full((self.num_columns, K + 1), np.nan)
         loss = np.full((self.num_columns, K + 1), np.nan)
@@ -125,7 +139,8 @@ class Evaluator:
         score = self._score_pool if self.settings.full_test else self._score_column
         with eval_mode(strategy.model):
             for j, column in enumerate(self.columns):
-                acc[j], loss[j] = score(strategy, column, K, kind)
+                acc[j], loss[j], problems = score(strategy, column, K, kind)
+                raise_if_diverged(problems, strategy.label, self.task_names[j], row)
         return acc, loss
 
     @torch.no_grad()
@@ -135,7 +150,7 @@ class Evaluator:
 
         For confidence intervals over episodes (the few-shot reproductions in ``benchmarks/``).
         ``acc`` is NaN for regression. Not available with ``full_test``, which scores a pool,
-        not episodes.
+        not episodes. Raises :class:`~strategies.base.DivergenceError` as :meth:`evaluate` does.
 
         Example:
             >>> import scenarios, strategies
@@ -151,32 +166,36 @@ class Evaluator:
         if not 0 <= column < self.num_columns:
             raise IndexError(f"task column {column} out of range: the stream has {self.num_columns}")
         with eval_mode(strategy.model):
-            acc, loss = self._episode_scores(strategy, self.columns[column], self.settings.adapt_steps,
-                                             self.stream.spec.kind)
+            acc, loss, problems = self._episode_scores(strategy, self.columns[column], self.settings.adapt_steps,
+                                                       self.stream.spec.kind)
+        raise_if_diverged(problems, strategy.label, self.task_names[column])
         return acc.cpu().numpy(), loss.cpu().numpy()
 
     def _score_column(self, strategy: Strategy, eps: Episodes, K: int, kind: str):
-        acc, loss = self._episode_scores(strategy, eps, K, kind)
-        return acc.mean(1).cpu().numpy(), loss.mean(1).cpu().numpy()
+        acc, loss, problems = self._episode_scores(strategy, eps, K, kind)
+        return acc.mean(1).cpu().numpy(), loss.mean(1).cpu().numpy(), problems
 
-    def _episode_scores(self, strategy: Strategy, eps: Episodes, K: int, kind: str) -> tuple[Tensor, Tensor]:
-        """(K+1, E) float64 accuracy (NaN for regression) and loss per episode, on the device."""
+    def _episode_scores(self, strategy: Strategy, eps: Episodes, K: int, kind: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(K+1, E) float64 accuracy (NaN for regression) and loss per episode, on the device,
+        and the (K+1, 3) problems of each step on the host (see :func:`step_problems`)."""
         E = len(eps)
         chunk = self.settings.chunk or E
         device = eps.query_x.device
         loss = torch.zeros(K + 1, E, dtype=torch.float64, device=device)
         acc = torch.full((K + 1, E), float("nan"), dtype=torch.float64, device=device)
+        outputs_bad = torch.zeros(K + 1, 2, dtype=torch.bool, device=device)
         episode_loss = torch.vmap(lambda o, t: task_loss(o, t, kind, eps.mask))
         for start in range(0, E, chunk):
             stop = min(start + chunk, E)
             part = eps.slice(start, stop)
             for k, state in enumerate(strategy.adapt(part.support, K)):
                 out = strategy.predict(state, part.query_x)
+                outputs_bad[k] |= non_finite(out)
                 loss[k, start:stop] = episode_loss(out, part.query_y)
                 if kind == "classification":
                     logits = out if part.mask is None else out.masked_fill(~part.mask, float("-inf"))
                     acc[k, start:stop] = (logits.argmax(-1) == part.query_y).double().mean(-1)
-        return acc, loss
+        return acc, loss, step_problems(outputs_bad, loss)
 
     def _score_pool(self, strategy: Strategy, column: PoolColumn, K: int, kind: str):
         E = len(column.support)
@@ -184,9 +203,11 @@ class Evaluator:
         device = column.x.device
         loss_sum = torch.zeros(K + 1, dtype=torch.float64, device=device)
         hits = torch.zeros(K + 1, dtype=torch.float64, device=device)
+        outputs_bad = torch.zeros(K + 1, 2, dtype=torch.bool, device=device)
         episode_loss = torch.vmap(lambda o, t: task_loss(o, t, kind, column.mask))
 
         def add(k: int, out: Tensor) -> None:  # out: (n, N, outputs), one row per adapted state
+            outputs_bad[k] |= non_finite(out)
             targets = column.y.expand(out.shape[0], *column.y.shape)
             loss_sum[k] += episode_loss(out, targets).double().sum()
             if kind == "classification":
@@ -205,4 +226,44 @@ class Evaluator:
         # k = 0 was scored once; every k > 0 once per support set.
         count = torch.tensor([1.0] + [float(E)] * K, dtype=torch.float64, device=device)
         acc = (hits / count).cpu().numpy() if kind == "classification" else np.full(K + 1, np.nan)
-        return acc, (loss_sum / count).cpu().numpy()
+        return acc, (loss_sum / count).cpu().numpy(), step_problems(outputs_bad, loss_sum)
+
+
+def non_finite(outputs: Tensor) -> Tensor:
+    """Whether ``outputs`` hold a NaN and whether they hold an infinity: a (2,) bool tensor on
+    their device (no host synchronisation)."""
+    return torch.stack((outputs.isnan().any(), outputs.isinf().any()))
+
+
+def step_problems(outputs_bad: Tensor, loss: Tensor) -> Tensor:
+    """(K+1, 3) bool on the host: per adaptation step, outputs NaN, outputs infinite, query loss
+    not finite. ``outputs_bad`` is (K+1, 2) from :func:`non_finite`; ``loss`` is (K+1, ...)."""
+    loss_bad = ~torch.isfinite(loss.reshape(len(loss), -1)).all(1, keepdim=True)
+    return torch.cat([outputs_bad, loss_bad], 1).cpu()
+
+
+def raise_if_diverged(problems: Tensor, strategy: str, task: str, row: int | None = None) -> None:
+    """Raise :class:`DivergenceError` for the first adaptation step with a problem, if any.
+
+    ``problems`` is :func:`step_problems`'s table for task ``task``; ``row`` is the number of
+    tasks learned (None: not named).
+
+    Example:
+        >>> problems = torch.tensor([[False, False, False], [True, False, True]])
+        >>> raise_if_diverged(problems, "finetune", "digits 0-1", row=3)
+        Traceback (most recent call last):
+        ...
+        strategies.base.DivergenceError: strategy 'finetune' diverged while adapting to task 'digits 0-1' (after 3 tasks learned) at adaptation step 1: outputs are NaN
+    """
+    steps = problems.any(1).nonzero()
+    if len(steps) == 0:
+        return
+    k = int(steps[0])
+    nan, inf, _ = problems[k].tolist()
+    what = ("outputs are NaN and infinite" if nan and inf else "outputs are NaN" if nan
+            else "outputs are infinite" if inf else "the query loss is inf")
+    learned = ("" if row is None else " (before any task was learned)" if row == 0
+               else f" (after {row} task{'s' if row > 1 else ''} learned)")
+    where = (f"while adapting to task {task!r}{learned} at adaptation step {k}" if k
+             else f"on task {task!r}{learned} at adaptation step 0 (no adaptation yet)")
+    raise DivergenceError(f"strategy {strategy!r} diverged {where}: {what}")

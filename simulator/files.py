@@ -6,6 +6,8 @@ conversion to plain JSON data. Kept free of torch so that ``lifelong report`` st
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -47,3 +49,37 @@ def to_json(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def config_hash(resolved: dict[str, Any]) -> str:
+    """The identity of a resolved experiment: sha256 of its canonical JSON (keys sorted).
+
+    Two configs with the same hash describe the same experiment, so their run files may be
+    mixed; anything else must not be.
+
+    Example:
+        >>> config_hash({"b": 1, "a": [0.1]}) == config_hash({"a": [0.1], "b": 1})
+        True
+    """
+    canonical = json.dumps(to_json(resolved), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_temporaries(directory: Path) -> int:
+    """Delete the ``.<name>.<random>.tmp`` files a killed :func:`atomic_write` left in
+    ``directory``; returns how many. Call it only while holding the directory's lock."""
+    count = 0
+    for tmp in directory.glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            count += 1
+    return count

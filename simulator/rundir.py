@@ -1,15 +1,22 @@
-"""Run directories: ``config.json``, ``results.json``, ``tensors.npz`` and the report
-(``index.html``, ``report.md``, ``figures/``; see :mod:`simulator.report`).
+"""Run directories: ``config.json``, ``results.json``, ``tensors.npz``, ``checkpoints/`` and
+the report (``index.html``, ``report.md``, ``figures/``; see :mod:`simulator.report`).
+
+A run directory holds one experiment. :func:`prepare` (called holding the directory's lock,
+:mod:`simulator.lock`) refuses a directory holding another experiment, damaged files, or a
+folder that is not a run directory, each with a :class:`RunDirError` that says what to do.
 
 Every file is written to a temporary name and renamed into place, so a reader (or a crash)
-never sees a half-written file. ``results.json`` holds, per strategy and seed, the metrics at
-k = 0 (as learned) and k = K (after adaptation), timings and memory, the aggregate over seeds
-(mean, std, 95% CI), and the environment; ``tensors.npz`` holds one array per key
+never sees a half-written file, and the finished runs are committed in an order that keeps
+every state a kill can leave consistent (:func:`write_run_dir`). ``results.json`` holds, per
+strategy and seed, the metrics at k = 0 (as learned) and k = K (after adaptation), timings
+and memory, the aggregate over seeds (mean, std, 95% CI), the environment, and the hash of
+the resolved config; ``tensors.npz`` holds one array per key
 ``<strategy>/seed<seed>/<acc|loss>`` of shape (T+1, T, K+1).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import platform
@@ -21,7 +28,7 @@ import numpy as np
 import torch
 
 from simulator import metrics
-from simulator.files import atomic_write, to_json
+from simulator.files import atomic_write, config_hash, remove_temporaries, to_json
 
 
 def _version(package: str) -> str | None:
@@ -57,12 +64,25 @@ def results_document(experiment, results, device: torch.device, complete: bool,
     summary = {label: {k: metrics.aggregate([s[k] for s in seeds]) for k in seeds[0]}
                for label, seeds in by_strategy.items()}
     return to_json({
-        "experiment": experiment.name, "complete": complete, "adapt_steps": K,
+        "experiment": experiment.name, "config_hash": config_hash(to_json(experiment.resolved())),
+        "complete": complete, "adapt_steps": K,
         "kind": results[0].kind if results else None,
         "environment": environment(device, experiment.threads),
         "runs": runs, "summary": summary,
         "failures": [{"strategy": f.strategy, "seed": f.seed, "error": f.error} for f in failures],
     })
+
+
+RUN_FILES = ("results.json", "tensors.npz", "index.html", "report.md")
+"""The files a run writes besides ``config.json`` (and the folders ``checkpoints/`` and ``figures/``)."""
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (another experiment, damaged files, not a
+    run directory): ``str(err)`` is one paragraph saying what is wrong and what to do."""
+
+
+ResumeError = RunDirError  # the name earlier versions raised
 
 
 def ensure_writable(out_dir: Path) -> None:
@@ -73,61 +93,194 @@ def ensure_writable(out_dir: Path) -> None:
 
 
 def write_config(out_dir: Path, experiment) -> None:
-    """Create ``out_dir`` if needed and write ``config.json`` (the first write of a run, so an
-    unwritable directory is found before any work is done)."""
+    """Create ``out_dir`` if needed and write ``config.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "config.json", json.dumps(experiment.resolved(), indent=2).encode())
 
 
-class ResumeError(ValueError):
-    """``--resume`` was pointed at a directory holding another experiment."""
-
-
-def check_resumable(out_dir: Path, experiment) -> None:
-    """Raise :class:`ResumeError` unless ``out_dir`` is empty or holds this very experiment."""
+def _read_config(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise RunDirError(f"{path} is damaged ({err}); the directory's experiment cannot be known: rerun with "
+                          f"--overwrite to remove its results, or choose another --out") from None
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{path} is not an experiment's config; rerun with --overwrite or choose another --out")
+    return saved
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths where two resolved configs differ (at most a few, for a message)."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} ({a!r} there, {b!r} now)")
+    return out
+
+
+def _is_ours(path: Path) -> bool:
+    return (path.name in RUN_FILES + ("config.json", "checkpoints", "figures", ".lock", ".write-check")
+            or (path.name.startswith(".") and path.name.endswith(".tmp")))
+
+
+def clear(out_dir: Path) -> None:
+    """Remove a run directory's results, checkpoints and report (``--overwrite``); other files stay.
+
+    ``results.json`` goes first, so that a kill midway never leaves results that look valid
+    beside a config they do not belong to; ``config.json`` goes last.
+    """
+    import shutil
+
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for folder in ("checkpoints", "figures"):
+        if (out_dir / folder).is_dir():
+            shutil.rmtree(out_dir / folder)
+    remove_temporaries(out_dir)
+    (out_dir / "config.json").unlink(missing_ok=True)
+
+
+def prepare(out_dir: Path, experiment, resume: bool, overwrite: bool) -> list:
+    """Make ``out_dir`` ready for ``experiment`` and return the runs already finished there.
+
+    Call it holding the directory's lock. The directory must be new, empty, or hold this very
+    experiment (same resolved config): with ``resume`` its finished runs are kept and
+    returned; without, a directory holding results is refused, since running again would
+    replace them. ``overwrite`` first removes whatever results are there. Anything else (another
+    experiment, damaged files, a folder that is not a run directory) raises
+    :class:`RunDirError` saying what differs and what to do. Leftover temporary files are
+    removed, and so are the checkpoints of runs that finished.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear(out_dir)
+    for folder in (out_dir, out_dir / "checkpoints", out_dir / "figures"):
+        remove_temporaries(folder)  # what a killed atomic write left: never part of any state
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _is_ours(p))
+    has_config = (out_dir / "config.json").exists()
+    leftovers = [n for n in RUN_FILES + ("checkpoints",) if (out_dir / n).exists()]
+    if foreign and not has_config and not leftovers:
+        raise RunDirError(f"{out_dir} is not empty and is not a run directory (it holds {', '.join(foreign[:5])}"
+                          f"{', ...' if len(foreign) > 5 else ''}); choose an empty or new --out")
+    if not has_config:
+        if leftovers:
+            raise RunDirError(f"{out_dir} holds run files ({', '.join(leftovers)}) but no config.json, so "
+                              f"whose results they are cannot be known; rerun with --overwrite to remove them, "
+                              f"or choose another --out")
+        return []
+    saved, now = _read_config(out_dir), to_json(experiment.resolved())
+    if config_hash(saved) != config_hash(now):
+        differ = _differences(saved, now)
+        raise RunDirError(f"{out_dir} holds another experiment ({'; '.join(differ[:4])}"
+                          f"{'; ...' if len(differ) > 4 else ''} differ); choose another --out, or rerun with "
+                          f"--overwrite to remove its results first")
+    finished = load_finished(out_dir, experiment)
+    checkpoints = sorted((out_dir / "checkpoints").glob("*")) if (out_dir / "checkpoints").is_dir() else []
+    if not resume and (finished or checkpoints):
+        raise RunDirError(f"{out_dir} already holds results of this experiment ({len(finished)} finished run(s), "
+                          f"{len(checkpoints)} checkpoint(s)); continue with --resume, or rerun with --overwrite "
+                          f"to start again")
+    if checkpoints:
+        for r in finished:
+            checkpoint_path(out_dir, r.strategy, r.seed).unlink(missing_ok=True)
+    return finished
+
+
+def checkpoint_path(out_dir: Path, label: str, seed: int) -> Path:
+    """Where the checkpoint of (label, seed) lives; the label is hashed (any text is a label)."""
+    digest = hashlib.sha256(f"{label}\0{seed}".encode()).hexdigest()[:16]
+    return out_dir / "checkpoints" / f"{digest}.pt"
+
+
+def read_results(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """``results.json`` and the arrays of ``tensors.npz`` of a run directory, checked against
+    each other; ``None`` when no run has finished there yet (no ``results.json``).
+
+    Every run listed in ``results.json`` must have its arrays: ``tensors.npz`` is always
+    committed before ``results.json``, so whatever a kill leaves passes this check, and a file
+    that fails it is damaged (:class:`RunDirError`).
+    """
+    path = out_dir / "results.json"
     if not path.exists():
-        return
-    saved, now = json.loads(path.read_text()), to_json(experiment.resolved())
-    if saved != now:
-        differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        raise ResumeError(f"cannot resume: {out_dir} holds a different experiment "
-                         f"({', '.join(differ)} differ); use another --out or drop --resume")
+        return None
+    advice = "rerun with --overwrite to start again, or choose another --out"
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(document, dict) or not isinstance(document.get("runs"), list):
+            raise ValueError("not a results document")
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{path} is damaged ({err}); {advice}") from None
+    try:
+        tensors = load_tensors(out_dir)
+    except FileNotFoundError:
+        raise RunDirError(f"{out_dir / 'tensors.npz'} is missing while {path} lists runs; {advice}") from None
+    except Exception as err:  # noqa: BLE001 - numpy/zipfile raise many kinds for a damaged archive
+        raise RunDirError(f"{out_dir / 'tensors.npz'} is damaged ({type(err).__name__}: {err}); {advice}") from None
+    for run in document["runs"]:
+        if not isinstance(run, dict) or not {"strategy", "seed"} <= set(run):
+            raise RunDirError(f"{path} is damaged (a run without strategy or seed); {advice}")
+        for name in ("acc", "loss"):
+            if f"{run['strategy']}/seed{run['seed']}/{name}" not in tensors:
+                raise RunDirError(f"{out_dir / 'tensors.npz'} has no {name} tensor for {run['strategy']} seed "
+                                  f"{run['seed']}, which {path} lists; {advice}")
+    return document, tensors
 
 
-def load_finished(out_dir: Path) -> list:
-    """The finished runs stored in a run directory, as ``RunResult`` objects."""
+def load_finished(out_dir: Path, experiment=None) -> list:
+    """The finished runs stored in a run directory, as ``RunResult`` objects.
+
+    With ``experiment``, the results must be that experiment's (their config hash) and each
+    tensor of the shape it produces; :class:`RunDirError` otherwise.
+    """
     from simulator.runner import RunResult
 
-    path = out_dir / "results.json"
-    if not path.exists() or not (out_dir / "tensors.npz").exists():
+    read = read_results(out_dir)
+    if read is None:
         return []
-    document = json.loads(path.read_text())
-    tensors = load_tensors(out_dir)
+    document, tensors = read
+    path = out_dir / "results.json"
+    if experiment is not None:
+        expected = config_hash(to_json(experiment.resolved()))
+        if document.get("config_hash") != expected:
+            raise RunDirError(f"{path} holds results of another experiment than {out_dir / 'config.json'} "
+                              f"(stale, or written by an older version); rerun with --overwrite to remove them")
     finished = []
-    for run in document["runs"]:
-        key = f"{run['strategy']}/seed{run['seed']}"
-        finished.append(RunResult(run["strategy"], run["seed"], document["kind"],
-                                  acc=tensors[f"{key}/acc"], loss=tensors[f"{key}/loss"],
-                                  learn_seconds=run["learn_seconds"], eval_seconds=run["eval_seconds"],
-                                  peak_memory_mb=run["peak_memory_mb"], logs=run["logs"],
-                                  task_ids=tuple(run["task_ids"])))
+    try:
+        for run in document["runs"]:
+            key = f"{run['strategy']}/seed{run['seed']}"
+            acc, loss = tensors[f"{key}/acc"], tensors[f"{key}/loss"]
+            if acc.shape != loss.shape or acc.ndim != 3 or (
+                    experiment is not None and acc.shape[2] != experiment.evaluation.adapt_steps + 1):
+                raise ValueError(f"tensors of {key} have shapes {acc.shape} and {loss.shape}")
+            finished.append(RunResult(run["strategy"], int(run["seed"]), document["kind"], acc=acc, loss=loss,
+                                      learn_seconds=list(run["learn_seconds"]),
+                                      eval_seconds=list(run["eval_seconds"]),
+                                      peak_memory_mb=list(run["peak_memory_mb"]), logs=list(run["logs"]),
+                                      task_ids=tuple(run["task_ids"])))
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunDirError(f"{path} or tensors.npz is damaged ({type(err).__name__}: {err}); rerun with "
+                          f"--overwrite to start again") from None
     return finished
 
 
 def write_run_dir(out_dir: Path, experiment, results, device: torch.device, complete: bool,
                   failures=(), report: bool = True) -> None:
-    """Write (or rewrite) the whole run directory for the runs finished so far.
+    """Commit the runs finished so far: ``tensors.npz``, then ``results.json``, then the report.
 
-    The report (index.html, report.md, figures/) is read back from the files just written;
-    its figures are drawn once ``complete``, while partial rewrites keep it to tables, which
-    costs milliseconds instead of seconds per finished run.
+    Each file is replaced atomically, and the order makes every state a kill can leave
+    consistent: ``tensors.npz`` may hold one run more than ``results.json`` lists (ignored
+    until the next commit), never one less. The report (index.html, report.md, figures/) is
+    read back from the files just written; its figures are drawn once ``complete``, while
+    partial rewrites keep it to tables, which costs milliseconds instead of seconds per
+    finished run.
     """
     from simulator.report import write_report
 
-    write_config(out_dir, experiment)
     document = results_document(experiment, results, device, complete, failures)
-    atomic_write(out_dir / "results.json", json.dumps(document, indent=2).encode())
     arrays = {}
     for r in results:
         arrays[f"{r.strategy}/seed{r.seed}/acc"] = r.acc
@@ -135,11 +288,13 @@ def write_run_dir(out_dir: Path, experiment, results, device: torch.device, comp
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write(out_dir / "tensors.npz", buffer.getvalue())
+    atomic_write(out_dir / "results.json", json.dumps(document, indent=2).encode())
     if report:  # sweeps skip the per-trial report: they report over all trials at the end
         write_report([out_dir], out_dir, draw=complete)
 
 
 def load_tensors(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a run directory's ``tensors.npz`` keyed ``<strategy>/seed<seed>/<acc|loss>``."""
-    with np.load(Path(run_dir) / "tensors.npz") as data:
+    """The arrays of a run directory's ``tensors.npz`` keyed ``<strategy>/seed<seed>/<acc|loss>``
+    (never unpickled: a crafted file cannot run code)."""
+    with np.load(Path(run_dir) / "tensors.npz", allow_pickle=False) as data:
         return {k: data[k] for k in data.files}

@@ -20,9 +20,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +31,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import scenarios
 import strategies
 from scenarios.base import Stream
-from simulator import metrics
-from simulator.checkpoint import load_checkpoint, rng_state, save_checkpoint, seeded, set_rng_state
+from simulator import metrics, preflight
+from simulator.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, seeded, set_rng_state
+from simulator.files import config_hash, to_json
 from simulator.evaluator import EvalSettings, Evaluator
 from simulator.recurring import reduce_recurring
-from strategies.base import DivergenceError, Strategy
+from strategies.base import DivergenceError, Strategy, TaskLoop
 
 
 @dataclass
@@ -98,18 +100,178 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped at a safe point on SIGINT or SIGTERM, after saving its checkpoint."""
+
+
+class StopRequest:
+    """Turns SIGINT and SIGTERM into a request to stop at the next safe point.
+
+    A safe point is the end of an iteration inside a task (for strategies whose ``learn``
+    runs a :class:`~strategies.base.TaskLoop`), the end of a task, or the end of a run: the
+    runner saves a checkpoint there and raises :class:`Interrupted`. A second signal stops at
+    once (``KeyboardInterrupt``), losing the work since the last checkpoint. Handlers are
+    installed only in the main thread and put back on exit.
+    """
+
+    def __init__(self, announce: Callable[[str], None] | None = None):
+        self.requested = False
+        self.announce = announce
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.announce is not None:
+            self.announce(f"{signal.Signals(signum).name}: stopping at the next safe point with a checkpoint "
+                          f"(a second signal stops at once, losing the work since the last checkpoint)")
+
+
+@dataclass
+class CheckpointPolicy:
+    """When the runner saves checkpoints inside a task, besides every task boundary and a stop
+    request: every ``steps`` iterations (None: no step rule) and after ``seconds`` of wall time
+    since the last one (None: no time rule). Where checkpoints fall never changes a result."""
+
+    steps: int | None = None
+    seconds: float | None = 300.0
+
+
+class _Run:
+    """One (strategy, seed) run's checkpointing: what a checkpoint holds and when one is saved."""
+
+    def __init__(self, strategy: Strategy, result: RunResult, device: torch.device, path: Path | None,
+                 identity: dict[str, Any], policy: CheckpointPolicy, stop: StopRequest | None, progress):
+        self.strategy, self.result, self.device, self.path = strategy, result, device, path
+        self.identity, self.policy, self.stop, self.progress = identity, policy, stop, progress
+        self.last_save = time.monotonic()
+        self.task = 0
+        self.task_name = ""
+        self.task_started = 0.0
+        self.seconds_before = 0.0       # learn time of the current task before a resume
+        self.generator_at_start: Tensor | None = None
+        self.pending: dict[str, Any] | None = None   # the in-task state to resume from
+
+    def save(self, next_task: int, in_task: dict[str, Any] | None = None) -> None:
+        if self.path is None:
+            return
+        r = self.result
+        save_checkpoint(self.path, {
+            "next_task": next_task, "in_task": in_task, "strategy": self.strategy.state_dict(),
+            "rng": rng_state(self.device), "acc": r.acc, "loss": r.loss, "learn_seconds": r.learn_seconds,
+            "eval_seconds": r.eval_seconds, "peak_memory_mb": r.peak_memory_mb, "logs": r.logs}, self.identity)
+        self.last_save = time.monotonic()
+
+    def restore(self) -> int:
+        """Load the checkpoint into the strategy and the result; the index of the next task."""
+        saved = load_checkpoint(self.path, self.identity)
+        r = self.result
+        try:
+            self.strategy.load_state_dict(saved["strategy"])
+            r.acc[:], r.loss[:] = saved["acc"], saved["loss"]
+            for name in ("learn_seconds", "eval_seconds", "peak_memory_mb", "logs"):
+                setattr(r, name, list(saved[name]))
+            set_rng_state(saved["rng"])
+            self.pending = saved["in_task"]
+            return int(saved["next_task"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"checkpoint {self.path} does not fit this run ({type(err).__name__}: {err}); "
+                                  f"delete it to restart that run from its beginning") from None
+
+    def begin_task(self, i: int, name: str) -> None:
+        self.task, self.task_name = i, name
+        self.task_started = time.perf_counter()
+        if self.pending is not None:
+            # learn() runs its preparation again: rewind its generator so it draws the same examples.
+            self.generator_at_start = self.pending["generator_at_start"]
+            self.seconds_before = float(self.pending["seconds"])
+            self.strategy.generator.set_state(self.generator_at_start)
+        else:
+            self.generator_at_start = self.strategy.generator.get_state()
+            self.seconds_before = 0.0
+        self.strategy.loop_factory = self.make_loop
+
+    def end_task(self) -> float:
+        """The task's learn seconds, resumed parts included."""
+        self.strategy.loop_factory = None
+        if self.pending is not None:
+            raise CheckpointError(f"checkpoint {self.path} was saved inside task {self.task} but "
+                                  f"{self.strategy.label}'s learn did not resume it; delete it to restart the run")
+        return self.seconds_before + time.perf_counter() - self.task_started
+
+    def make_loop(self, carry: dict[str, Any]) -> TaskLoop:
+        if self.strategy.loop_factory is None:
+            raise RuntimeError(f"{self.strategy.label} opened a second task loop in one learn()")
+        self.strategy.loop_factory = None
+        if self.pending is None:
+            return TaskLoop(carry, on_start=self.on_start, on_step=self.on_step)
+        saved, self.pending = self.pending, None
+        carry = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in saved["carry"].items()}
+        loop = TaskLoop(carry, start=int(saved["position"]), on_start=self.on_start, on_step=self.on_step)
+        loop.resume_state = saved  # type: ignore[attr-defined]
+        return loop
+
+    def on_start(self, loop: TaskLoop) -> None:
+        saved = getattr(loop, "resume_state", None)
+        if saved is not None:
+            if int(saved["total"]) != loop.total:
+                raise CheckpointError(f"checkpoint {self.path} was saved at iteration {saved['position']} of "
+                                      f"{saved['total']}, but this task has {loop.total}; delete it to restart")
+            self.strategy.generator.set_state(saved["generator"])
+            set_rng_state(saved["rng"])
+        if self.progress is not None:
+            self.progress.task_loop(loop, self.task, self.task_name)
+
+    def on_step(self, loop: TaskLoop) -> None:
+        if self.progress is not None:
+            self.progress.step(loop)
+        stop = self.stop is not None and self.stop.requested
+        p = self.policy
+        due = (stop or (p.steps is not None and loop.position % p.steps == 0)
+               or (p.seconds is not None and time.monotonic() - self.last_save >= p.seconds))
+        if not due or self.path is None:
+            return
+        self.save(self.task, in_task={
+            "position": loop.position, "total": loop.total, "carry": loop.carry,
+            "generator_at_start": self.generator_at_start, "generator": self.strategy.generator.get_state(),
+            "rng": rng_state(self.device),
+            "seconds": self.seconds_before + time.perf_counter() - self.task_started})
+        if stop:
+            raise Interrupted(f"stopped inside task {self.task} ({self.task_name!r}) at iteration "
+                              f"{loop.position} of {loop.total}; checkpoint saved")
+
+
 def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, settings: EvalSettings,
         device: torch.device | str = "cpu", on_task: Callable[[int], None] | None = None,
-        checkpoint: Path | None = None, resume: bool = False, evaluate: bool = True) -> RunResult:
+        checkpoint: Path | None = None, resume: bool = False, evaluate: bool = True,
+        identity: dict[str, Any] | None = None, policy: CheckpointPolicy | None = None,
+        stop: StopRequest | None = None, progress=None) -> RunResult:
     """Run ``strategy`` (with ``model``) over ``stream``.
 
     The result depends only on the arguments and the torch thread count: Python's, numpy's
     and torch's global RNGs are seeded from ``seed`` inside and restored afterwards. With
-    ``checkpoint``, the state after each task is saved there atomically; with ``resume`` and
-    an existing checkpoint, the run continues after the last saved task and ends with the
-    same tensors as an uninterrupted run. ``on_task(i)`` is called after task i is learned
-    and evaluated. ``evaluate=False`` skips every evaluation (no episodes are drawn, the
-    tensors stay NaN and ``eval_seconds`` empty): the training path alone, for timing it.
+    ``checkpoint``, the state after each task is saved there atomically, and inside a task as
+    ``policy`` says (for strategies whose ``learn`` runs a
+    :class:`~strategies.base.TaskLoop`); ``identity`` (plain data, e.g. the config hash,
+    label and seed) is written into each checkpoint and must match to resume from it. With
+    ``resume`` and an existing checkpoint, the run continues where it was saved (between
+    tasks or inside one) and ends with the same tensors as an uninterrupted run. When
+    ``stop.requested`` becomes true, the run saves a checkpoint at the next safe point and
+    raises :class:`Interrupted`. ``on_task(i)`` is called after task i is learned and
+    evaluated; ``progress`` (optional) is told about iterations inside a task.
+    ``evaluate=False`` skips every evaluation (no episodes are drawn, the tensors stay NaN and
+    ``eval_seconds`` empty): the training path alone, for timing it.
     """
     device = torch.device(device)
     with seeded(seed, device):
@@ -120,48 +282,42 @@ def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, setting
                            acc=np.full((T + 1, stream.num_columns, K + 1), np.nan),
                            loss=np.full((T + 1, stream.num_columns, K + 1), np.nan),
                            task_ids=tuple(t.id for t in stream))
+        state = _Run(strategy, result, device, checkpoint, identity or {}, policy or CheckpointPolicy(), stop,
+                     progress)
 
         def evaluate_row(i: int) -> None:
             if evaluator is None:
                 return
             start = time.perf_counter()
-            result.acc[i], result.loss[i] = evaluator.evaluate(strategy)
+            result.acc[i], result.loss[i] = evaluator.evaluate(strategy, row=i)
             _sync(device)
             result.eval_seconds.append(time.perf_counter() - start)
 
         first = 0
         if resume and checkpoint is not None and checkpoint.exists():
-            first = _restore(load_checkpoint(checkpoint), strategy, result)
+            first = state.restore()
         else:
             evaluate_row(0)
         for i in range(first, T):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            start = time.perf_counter()
-            result.logs.append(strategy.learn(stream[i].training_view()))
-            _sync(device)
-            result.learn_seconds.append(time.perf_counter() - start)
+            state.begin_task(i, stream[i].name)
+            try:
+                logs = strategy.learn(stream[i].training_view())
+                _sync(device)
+            except BaseException:
+                strategy.loop_factory = None
+                raise
+            result.learn_seconds.append(state.end_task())
+            result.logs.append(logs)
             result.peak_memory_mb.append(_peak_memory_mb(device))
             evaluate_row(i + 1)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, {
-                    "next_task": i + 1, "strategy": strategy.state_dict(), "rng": rng_state(device),
-                    "acc": result.acc, "loss": result.loss, "learn_seconds": result.learn_seconds,
-                    "eval_seconds": result.eval_seconds, "peak_memory_mb": result.peak_memory_mb,
-                    "logs": result.logs})
+            state.save(i + 1)
             if on_task is not None:
                 on_task(i)
+            if stop is not None and stop.requested and i + 1 < T:
+                raise Interrupted(f"stopped after task {i} ({stream[i].name!r}); checkpoint saved")
     return result
-
-
-def _restore(saved: dict[str, Any], strategy: Strategy, result: RunResult) -> int:
-    """Put a checkpoint's state into ``strategy`` and ``result``; the next task's index."""
-    strategy.load_state_dict(saved["strategy"])
-    result.acc[:], result.loss[:] = saved["acc"], saved["loss"]
-    for name in ("learn_seconds", "eval_seconds", "peak_memory_mb", "logs"):
-        setattr(result, name, list(saved[name]))
-    set_rng_state(saved["rng"])
-    return saved["next_task"]
 
 
 @dataclass
@@ -182,89 +338,154 @@ class ExperimentOutcome:
     reused: int = 0
 
 
-def checkpoint_path(out_dir: Path, label: str, seed: int) -> Path:
-    """Where the checkpoint of (label, seed) lives; the label is hashed (any text is a label)."""
-    digest = hashlib.sha256(f"{label}\0{seed}".encode()).hexdigest()[:16]
-    return out_dir / "checkpoints" / f"{digest}.pt"
-
-
 def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume: bool = False,
-                   report: bool = True) -> ExperimentOutcome:
+                   report: bool = True, overwrite: bool = False, policy: CheckpointPolicy | None = None,
+                   log_seconds: float = 30.0, handle_signals: bool = True) -> ExperimentOutcome:
     """Every strategy x seed of a validated experiment, writing the run directory ``out_dir``
     (config.json, results.json, tensors.npz, report.md) after each finished run.
 
-    A run that fails (e.g. a NaN loss) is recorded with its message and the others go on.
-    With ``resume``, runs already finished in ``out_dir`` are kept, and an interrupted run
-    continues from its last task-boundary checkpoint; the experiment must be the same.
-    ``report=False`` skips the HTML/Markdown report (sweep trials).
+    Nothing is written before the streams are built and checked against the strategies
+    (:func:`simulator.preflight.check`), and only while holding the directory's lock (a second
+    process gets :class:`~simulator.lock.LockedError`). The directory must be new, empty, or
+    hold this very experiment (:func:`simulator.rundir.prepare`): with ``resume`` its finished
+    runs are kept and an interrupted run continues from its last checkpoint, between tasks or
+    inside one; ``overwrite`` removes earlier results first. A run that fails (e.g. a NaN loss)
+    is recorded with its message and the others go on. SIGINT and SIGTERM stop at the next
+    safe point with a checkpoint (:class:`StopRequest`; ``handle_signals=False`` leaves the
+    process's handlers alone) and raise :class:`Interrupted`. ``report=False`` skips the
+    HTML/Markdown report (sweep trials). ``log_seconds``: how often a progress line is
+    printed inside a task when stderr is not a terminal.
     """
-    from simulator.rundir import check_resumable, load_finished, write_config, write_run_dir
+    from simulator.lock import DirectoryLock
+    from simulator.rundir import RunDirError, checkpoint_path, prepare, write_config, write_run_dir
 
     device = resolve_device(experiment.device)
     torch.set_num_threads(experiment.threads)
     out_dir = Path(out_dir)
-    finished: dict[tuple[str, int], RunResult] = {}
-    failures: list[Failure] = []
-    if resume:
-        check_resumable(out_dir, experiment)
-        finished = {(r.strategy, r.seed): r for r in load_finished(out_dir)}
-    # Streams first: a missing data file must stop the run before anything is written.
+    # Streams first: a missing data file or a stream the strategies cannot run on must stop the
+    # run before anything is written.
     streams = {seed: scenarios.build(experiment.scenario_name, experiment.scenario_params.model_dump(), seed)
                for seed in experiment.seeds}
-    write_config(out_dir, experiment)
-    T = len(streams[experiment.seeds[0]])
-    todo = [(spec, seed) for spec in experiment.strategies for seed in experiment.seeds
-            if (spec.label, seed) not in finished]
-    progress = _Progress(len(todo) * T, quiet)
-    results = list(finished.values())
-    try:
-        for spec, seed in todo:
-            stream = streams[seed]
-            strategy = strategies.strategy_class(spec.name)(spec.config, label=spec.label)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # the model's initial weights come from the seed
-                model = strategies.MODELS.get(spec.model_name).from_params(
-                    spec.model_params, strategy.model_spec(stream.spec))
-            progress.describe(f"{spec.label} seed {seed}")
-            ckpt = checkpoint_path(out_dir, spec.label, seed)
-            try:
-                result = run(stream, strategy, model, seed, experiment.evaluation, device,
-                             on_task=lambda i: progress.advance(), checkpoint=ckpt, resume=resume)
-            except DivergenceError as err:
-                failures.append(Failure(spec.label, seed, str(err)))
-                progress.failed(failures[-1])
-            else:
-                results.append(result)
-                progress.finished(result)
-            write_run_dir(out_dir, experiment, results, device, complete=False, failures=failures,
-                          report=report)
-            ckpt.unlink(missing_ok=True)
-        write_run_dir(out_dir, experiment, results, device, complete=True, failures=failures, report=report)
-        with contextlib.suppress(OSError):  # only when empty: nothing left to resume
-            (out_dir / "checkpoints").rmdir()
-    finally:
-        progress.close()
+    preflight.check(experiment, streams)
+    digest = config_hash(to_json(experiment.resolved()))
+    failures: list[Failure] = []
+    progress = _Progress(quiet, log_seconds)
+    stop = StopRequest(progress.note) if handle_signals else contextlib.nullcontext(None)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(DirectoryLock(out_dir))
+        except OSError as err:
+            raise RunDirError(f"cannot write to the output directory {out_dir}: {err.strerror or err}") from None
+        stop_request = held.enter_context(stop)
+        finished = {(r.strategy, r.seed): r for r in prepare(out_dir, experiment, resume, overwrite)}
+        write_config(out_dir, experiment)
+        T = len(streams[experiment.seeds[0]])
+        todo = [(spec, seed) for spec in experiment.strategies for seed in experiment.seeds
+                if (spec.label, seed) not in finished]
+        progress.start(len(todo) * T)
+        results = list(finished.values())
+        try:
+            for spec, seed in todo:
+                stream = streams[seed]
+                strategy = strategies.strategy_class(spec.name)(spec.config, label=spec.label)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)  # the model's initial weights come from the seed
+                    model = strategies.MODELS.get(spec.model_name).from_params(
+                        spec.model_params, strategy.model_spec(stream.spec))
+                progress.describe(spec.label, seed, T)
+                ckpt = checkpoint_path(out_dir, spec.label, seed)
+                identity = {"config_hash": digest, "label": spec.label, "seed": seed}
+                try:
+                    result = run(stream, strategy, model, seed, experiment.evaluation, device,
+                                 on_task=progress.advance, checkpoint=ckpt, resume=resume, identity=identity,
+                                 policy=policy, stop=stop_request, progress=progress)
+                except DivergenceError as err:
+                    failures.append(Failure(spec.label, seed, str(err)))
+                    progress.failed(failures[-1])
+                else:
+                    results.append(result)
+                    progress.finished(result)
+                write_run_dir(out_dir, experiment, results, device, complete=False, failures=failures,
+                              report=report)
+                ckpt.unlink(missing_ok=True)
+                if stop_request is not None and stop_request.requested and (spec, seed) != todo[-1]:
+                    raise Interrupted("stopped between runs; finished runs are saved")
+            write_run_dir(out_dir, experiment, results, device, complete=True, failures=failures, report=report)
+            with contextlib.suppress(OSError):  # only when empty: nothing left to resume
+                (out_dir / "checkpoints").rmdir()
+        finally:
+            progress.close()
     return ExperimentOutcome(results, failures, reused=len(finished))
 
 
 class _Progress:
-    """A tqdm bar over tasks on a terminal; one plain line per finished run otherwise."""
+    """What a run shows while it works.
 
-    def __init__(self, total: int, quiet: bool):
-        self.quiet = quiet
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
+    On a terminal: a bar over the tasks of all runs, and inside a task a nested bar over its
+    iterations with the running loss and an ETA. Otherwise (a log file): a line per finished
+    run and, inside a task, a plain line every ``log_seconds`` (iterations, loss, elapsed, ETA).
+    ``quiet`` shows nothing but failures and notes.
+    """
+
+    def __init__(self, quiet: bool, log_seconds: float = 30.0):
+        self.quiet, self.log_seconds = quiet, log_seconds
+        self.tty = not quiet and sys.stderr.isatty()
+        self.bar = self.inner = None
+        self.label, self.seed, self.tasks = "", 0, 0
+        self.loop_info: tuple[int, str] = (0, "")
+        self.loop_started = self.last_line = 0.0
+
+    def start(self, total: int) -> None:
+        if self.tty:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="task", file=sys.stderr)
 
-    def describe(self, text: str) -> None:
+    def describe(self, label: str, seed: int, tasks: int) -> None:
+        self.label, self.seed, self.tasks = label, seed, tasks
         if self.bar is not None:
-            self.bar.set_description(text)
+            self.bar.set_description(f"{label} seed {seed}")
 
-    def advance(self) -> None:
+    def advance(self, task: int) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
         if self.bar is not None:
             self.bar.update(1)
+
+    def task_loop(self, loop: TaskLoop, task: int, name: str) -> None:
+        """A task's iterations begin (at ``loop.start`` when resumed)."""
+        self.loop_info = (task, name)
+        self.loop_started = self.last_line = time.monotonic()
+        if self.tty:
+            from tqdm import tqdm
+
+            if self.inner is not None:
+                self.inner.close()
+            self.inner = tqdm(total=loop.total, initial=loop.start, unit="it", leave=False, position=1,
+                              file=sys.stderr, desc=f"task {task + 1}/{self.tasks}")
+
+    def step(self, loop: TaskLoop) -> None:
+        if self.inner is not None:
+            self.inner.update(1)
+            if self.inner.n % 10 == 0 and loop.loss is not None:  # reading the loss synchronises a GPU
+                self.inner.set_postfix(loss=f"{float(loop.loss):.4f}", refresh=False)
+            return
+        now = time.monotonic()
+        if self.quiet or now - self.last_line < self.log_seconds:
+            return
+        self.last_line = now
+        done = loop.position - loop.start
+        rate = done / max(now - self.loop_started, 1e-9)
+        eta = (loop.total - loop.position) / rate if rate > 0 else float("nan")
+        loss = "" if loop.loss is None else f", loss {float(loop.loss):.4f}"
+        task, name = self.loop_info
+        self.note(f"{self.label} seed {self.seed}, task {task + 1}/{self.tasks} ({name}): iteration "
+                  f"{loop.position}/{loop.total}{loss}, {now - self.loop_started:.0f} s, about {eta:.0f} s left")
+
+    def note(self, message: str) -> None:
+        """A line that must be seen even with ``quiet`` (e.g. a signal was received)."""
+        (self.bar.write if self.bar is not None else lambda m: print(m, file=sys.stderr, flush=True))(message)
 
     def finished(self, result: RunResult) -> None:
         if self.quiet or self.bar is not None:
@@ -275,13 +496,14 @@ class _Progress:
         print(f"{result.strategy} seed {result.seed}: {len(result.learn_seconds)} tasks in "
               f"{sum(result.learn_seconds) + sum(result.eval_seconds):.1f} s; final {what} "
               f"{s0['final_accuracy']:.3f} as learned, {sK['final_accuracy']:.3f} after {K} steps; "
-              f"forgetting {s0['forgetting']:.3f}", file=sys.stderr)
+              f"forgetting {s0['forgetting']:.3f}", file=sys.stderr, flush=True)
 
     def failed(self, failure: "Failure") -> None:
         if not self.quiet:
-            (self.bar.write if self.bar is not None else lambda m: print(m, file=sys.stderr))(
-                f"{failure.strategy} seed {failure.seed} FAILED: {failure.error}")
+            self.note(f"{failure.strategy} seed {failure.seed} FAILED: {failure.error}")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        for bar in (self.inner, self.bar):
+            if bar is not None:
+                bar.close()
+        self.bar = self.inner = None

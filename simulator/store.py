@@ -1,9 +1,22 @@
 """The results database: SQLite (standard library) in the output directory.
 
 Two tables: ``runs`` (one row per trial: config hash, grid point, strategy, seed, status,
-error, versions, timings, run directory) and ``metrics`` (long format: trial, k, metric,
-value). Tensors stay in each trial's ``tensors.npz``. Only the sweep's driver process writes;
-WAL mode and a busy timeout keep concurrent readers (``lifelong export``, a report) safe.
+error, failure kind, versions, timings, run directory) and ``metrics`` (long format: trial,
+k, metric, value). Tensors stay in each trial's ``tensors.npz``. Only the sweep's driver
+process writes; WAL mode and a busy timeout keep concurrent readers (``lifelong export``, a
+report) safe.
+
+A trial's status is ``pending`` (not run yet, or interrupted: it resumes from its
+checkpoints), ``running`` (a process works on it now, or worked on it when its driver was
+killed), ``done`` or ``failed``. A failed trial's ``failure`` says whose fault it was:
+``environment`` (a file error such as a full disk, a killed worker, a database error: worth
+retrying) or ``trial`` (the trial itself, e.g. a diverging loss: it fails the same way
+again). A database written before failure kinds existed gets the column on opening, its old
+failures of unknown kind (NULL).
+
+Every sqlite3 error surfaces as a :class:`StoreError` naming the file, inside
+:func:`errors_named`; ``damaged`` tells a file that is not a results database (a user's to
+fix) from a failing disk or lock.
 
 Example:
     >>> db = ResultsDB(":memory:")
@@ -15,14 +28,17 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-SCHEMA = """
+FAILURE_COLUMN = "failure TEXT CHECK (failure IN ('environment', 'trial'))"
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     trial_id TEXT PRIMARY KEY,
     config_hash TEXT NOT NULL,
@@ -35,7 +51,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started REAL,
     finished REAL,
     seconds REAL,
-    run_dir TEXT
+    run_dir TEXT,
+    {FAILURE_COLUMN}
 );
 CREATE TABLE IF NOT EXISTS metrics (
     trial_id TEXT NOT NULL REFERENCES runs(trial_id),
@@ -45,46 +62,113 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (trial_id, k, name)
 );
 """
+# The columns a results database must have (and failure, which opening adds where missing).
+RUN_COLUMNS = {"trial_id", "config_hash", "point", "strategy", "seed", "status", "error", "versions",
+               "started", "finished", "seconds", "run_dir"}
+METRIC_COLUMNS = {"trial_id", "k", "name", "value"}
+
+
+class StoreError(Exception):
+    """``results.db`` cannot be used: ``reason`` says why (SQLite's message, or the table that
+    is wrong); ``damaged`` is true for a file that is not a results database (garbage, corrupt,
+    another program's database)."""
+
+    def __init__(self, path: str | Path, reason: str, damaged: bool):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.damaged = path, reason, damaged
+
+
+def _is_damage(err: sqlite3.Error) -> bool:
+    # SQLITE_NOTADB: not an SQLite file; SQLITE_CORRUPT(_*): a damaged one.
+    name = getattr(err, "sqlite_errorname", "") or ""
+    return name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT")
+
+
+@contextmanager
+def errors_named(path: str | Path) -> Iterator[None]:
+    """Turn any sqlite3 error raised inside into a :class:`StoreError` naming ``path``."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise StoreError(path, str(err), _is_damage(err)) from None
 
 
 class ResultsDB:
-    """A connection to ``results.db``; every write is one transaction."""
+    """A connection to ``results.db``; every write is one transaction.
 
-    def __init__(self, path: str | Path):
+    ``create=False`` opens an existing database without changing it (no schema, no WAL
+    switch, no migration), for readers. Raises :class:`StoreError` (``damaged``) for a file
+    whose tables are not those of a results database.
+    """
+
+    def __init__(self, path: str | Path, create: bool = True):
         self.path = path
         self.conn = sqlite3.connect(str(path), timeout=30.0)
-        self.conn.execute("PRAGMA busy_timeout = 30000")
-        if str(path) != ":memory:":
-            self.conn.execute("PRAGMA journal_mode = WAL")
-        with self.conn:
-            self.conn.executescript(SCHEMA)
+        try:
+            with errors_named(path):
+                self.conn.execute("PRAGMA busy_timeout = 30000")
+                self._check_tables(create)   # before any change: another program's file stays as it was
+                if create:
+                    if str(path) != ":memory:":
+                        self.conn.execute("PRAGMA journal_mode = WAL")
+                    with self.conn:
+                        self.conn.executescript(SCHEMA)
+                        if "failure" not in self._columns("runs"):  # a database of an earlier version
+                            self.conn.execute(f"ALTER TABLE runs ADD COLUMN {FAILURE_COLUMN}")
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+
+    def _check_tables(self, create: bool) -> None:
+        """Existing tables must be those of a results database; missing ones only when creating."""
+        for table, required in (("runs", RUN_COLUMNS), ("metrics", METRIC_COLUMNS)):
+            columns = self._columns(table)
+            if (columns or not create) and not required <= columns:
+                raise StoreError(self.path, f"table {table} is missing or has other columns", damaged=True)
 
     def close(self) -> None:
         self.conn.close()
 
     def mark(self, trial_id: str, *, config_hash: str, point: dict, strategy: str, seed: int,
              status: str, run_dir: str | None = None) -> None:
-        """Insert a trial, or set the status of an existing one (keeping its results)."""
+        """Insert a trial, or set the status of an existing one (keeping its metrics; the
+        error of an earlier attempt is cleared)."""
         with self.conn:
             self.conn.execute(
-                "INSERT INTO runs (trial_id, config_hash, point, strategy, seed, status, started, run_dir) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(trial_id) DO UPDATE SET "
-                "status = excluded.status, started = excluded.started",
-                (trial_id, config_hash, json.dumps(point, sort_keys=True), strategy, seed, status,
-                 time.time(), run_dir))
+                "INSERT INTO runs (trial_id, config_hash, point, strategy, seed, status, run_dir) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(trial_id) DO UPDATE SET "
+                "status = excluded.status, error = NULL, failure = NULL",
+                (trial_id, config_hash, json.dumps(point, sort_keys=True), strategy, seed, status, run_dir))
+
+    def start(self, trial_id: str) -> None:
+        """A process starts working on the trial: ``running``, with its start time."""
+        with self.conn:
+            self.conn.execute("UPDATE runs SET status = 'running', started = ? WHERE trial_id = ?",
+                              (time.time(), trial_id))
+
+    def requeue_running(self) -> int:
+        """Every ``running`` trial back to ``pending`` (no process works on it any more); returns how many."""
+        with self.conn:
+            return self.conn.execute("UPDATE runs SET status = 'pending' WHERE status = 'running'").rowcount
 
     def finish(self, trial_id: str, *, status: str, error: str | None, seconds: float,
-               versions: dict[str, Any] | None, metrics: dict[int, dict[str, float | None]]) -> None:
-        """Record a trial's outcome and its scalar metrics per adaptation step k."""
+               versions: dict[str, Any] | None, metrics: dict[int, dict[str, float | None]],
+               failure: str | None = None) -> None:
+        """Record a trial's outcome and its scalar metrics per adaptation step k; a failed
+        trial's ``failure`` is ``"environment"`` or ``"trial"``."""
         rows = [(trial_id, k, name, None if v is None or not math.isfinite(v) else float(v))
                 for k, named in metrics.items() for name, v in named.items()]
         with self.conn:
             self.conn.execute("DELETE FROM metrics WHERE trial_id = ?", (trial_id,))
             self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", rows)
             self.conn.execute(
-                "UPDATE runs SET status = ?, error = ?, seconds = ?, versions = ?, finished = ? "
+                "UPDATE runs SET status = ?, error = ?, failure = ?, seconds = ?, versions = ?, finished = ? "
                 "WHERE trial_id = ?",
-                (status, error, seconds, json.dumps(versions or {}, sort_keys=True), time.time(), trial_id))
+                (status, error, failure, seconds, json.dumps(versions or {}, sort_keys=True), time.time(),
+                 trial_id))
 
     def status(self) -> dict[str, str]:
         """Every trial's status."""
@@ -105,12 +189,16 @@ class ResultsDB:
         return [dict(zip(names, row)) for row in cur if wanted is None or row[0] in wanted]
 
     def export_csv(self, path: str | Path) -> int:
-        """Write every metric row (with status of its run) to ``path`` as CSV; returns the count."""
+        """Write every metric row to ``path`` as CSV; returns the count. Database errors are
+        sqlite3 errors, file errors OSError (nothing is left at ``path`` then)."""
+        from simulator.files import atomic_write
+
         rows = self.metrics()
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["trial_id", "strategy", "seed", "point", "k", "metric", "value"])
-            for r in rows:
-                writer.writerow([r["trial_id"], r["strategy"], r["seed"], r["point"], r["k"], r["name"],
-                                 "" if r["value"] is None else repr(r["value"])])
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["trial_id", "strategy", "seed", "point", "k", "metric", "value"])
+        for r in rows:
+            writer.writerow([r["trial_id"], r["strategy"], r["seed"], r["point"], r["k"], r["name"],
+                             "" if r["value"] is None else repr(r["value"])])
+        atomic_write(Path(path), text.getvalue().encode())
         return len(rows)

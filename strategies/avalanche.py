@@ -12,7 +12,7 @@ name                      Avalanche class
 ``avalanche.Replay``      ``training.supervised.Replay``
 ``avalanche.EWC``         ``training.supervised.EWC``
 ``avalanche.LwF``         ``training.supervised.LwF``
-``avalanche.SI``          ``training.supervised.SynapticIntelligence``
+``avalanche.SI``          ``training.supervised.SynapticIntelligence`` (corrected: see below)
 ``avalanche.MAS``         ``training.supervised.MAS``
 ``avalanche.GEM``         ``training.supervised.GEM`` (solves a QP per step with ``quadprog``)
 ``avalanche.AGEM``        ``training.supervised.AGEM``
@@ -36,6 +36,19 @@ parts that need it live in :mod:`strategies.avalanche_runtime`.
 
 Faithfulness and determinism:
 
+- Where we differ from Avalanche 0.6: ``avalanche.SI``. Avalanche's SI plugin records the
+  weights (at the start of an experience, before and after each step) and the gradients as
+  ``param.detach().cpu().flatten()``, which for a model on the CPU is a *view* of the live
+  tensor, not a copy: the recorded "previous" weights move with the model, the importances
+  stay exactly zero and the penalty vanishes, so on the CPU Avalanche's SI trains exactly like
+  Naive (bit-identical weights even with ``si_lambda = 1e6``), while on CUDA, where ``.cpu()``
+  copies, it works. Ours (:class:`strategies.avalanche_runtime.SynapticIntelligencePlugin`)
+  replaces each recorded view by a copy right after the callback that recorded it, so it
+  computes what Avalanche computes on CUDA, on every device: importances equal to SI's path
+  integral in Avalanche's convention (the gradient of the penalised loss, importances capped
+  at 0.001), checked in tests/strategies/test_numerics.py against a computation from
+  recorded paths. Runs of ``avalanche.SI`` on the CPU made with Avalanche 0.6 itself are
+  Naive runs and do not compare with ours.
 - A task becomes an experience of ``(x, y, task_label)`` items, built as
   :func:`scenarios.avalanche_adapter.to_avalanche` builds them: the task label is the task id
   under the task-incremental protocol and 0 otherwise, and ``current_experience`` counts the
@@ -74,8 +87,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import hmac
 import io
+import os
 import random
+import secrets
 from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
@@ -207,6 +224,7 @@ class AvalancheStrategy(Strategy):
 
     name = "avalanche"
     Config = AvalancheConfig
+    kinds = frozenset({"classification"})  # Avalanche's strategies train with cross-entropy
     target: ClassVar[str]
     memory_attributes: ClassVar[tuple[str, ...]] = ()
     calls_model_with_task_labels: ClassVar[bool] = False
@@ -266,16 +284,60 @@ class AvalancheStrategy(Strategy):
         """Model, optimiser, generator and the serialised Avalanche state (see the module doc)."""
         from strategies import avalanche_runtime as rt
 
+        blob = rt.save_state(self.avalanche, self.memory_attributes, self.monitor)
         return {**super().state_dict(),
                 "optimizer": copy.deepcopy(self.avalanche.optimizer.state_dict()),
-                "avalanche": rt.save_state(self.avalanche, self.memory_attributes, self.monitor)}
+                "avalanche": blob, "avalanche_mac": sign(blob)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; the pickled Avalanche state only when its signature is
+        this user's (see :func:`verify`), a ``ValueError`` otherwise."""
         from strategies import avalanche_runtime as rt
 
+        blob = state["avalanche"]
+        verify(blob, state.get("avalanche_mac"))
         super().load_state_dict(state)
         self.avalanche.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        rt.load_state(self.avalanche, io.BytesIO(state["avalanche"]), self.memory_attributes, self.monitor)
+        rt.load_state(self.avalanche, io.BytesIO(blob), self.memory_attributes, self.monitor)
+
+
+def signing_key() -> bytes:
+    """This user's secret key for signing pickled state, created (mode 0600) on first use in
+    ``$LIFELONG_KEY_DIR``, else ``$XDG_STATE_HOME/lifelong``, else ``~/.local/state/lifelong``."""
+    folder = os.environ.get("LIFELONG_KEY_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "lifelong")
+    path = os.path.join(folder, "checkpoint.key")
+    try:
+        with open(path, "rb") as f:
+            key = f.read()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    with open(path, "rb") as f:  # re-read: another process may have written the key first
+        return f.read()
+
+
+def sign(blob: bytes) -> str:
+    """HMAC-SHA256 of ``blob`` with :func:`signing_key`."""
+    return hmac.new(signing_key(), blob, hashlib.sha256).hexdigest()
+
+
+def verify(blob: bytes, mac: str | None) -> None:
+    """Raise ``ValueError`` unless ``mac`` is this user's signature of ``blob``.
+
+    Avalanche's state (replay buffers as Avalanche datasets, previous models) can only be
+    stored as a pickle, and unpickling runs code named in the data: so it is unpickled only
+    when this user's key signed it, which a file crafted elsewhere cannot be. The price: such a
+    checkpoint resumes only where it was written (same user, same key).
+    """
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, sign(blob)):
+        raise ValueError("the Avalanche state in this checkpoint is not signed with this user's key "
+                         "(written by another user or machine, or crafted), so it is not unpickled")
 
 
 class Naive(AvalancheStrategy):
@@ -314,7 +376,7 @@ class SI(AvalancheStrategy):
 
     name = "avalanche.SI"
     Config = SIConfig
-    target = "avalanche.training.supervised:SynapticIntelligence"
+    target = "strategies.avalanche_runtime:SynapticIntelligence"  # Avalanche's, with its CPU trap fixed
 
 
 class MAS(AvalancheStrategy):

@@ -9,6 +9,7 @@ previous model and GDumb's initial model, which may be :class:`TaskMaskedModel` 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import os
@@ -23,7 +24,9 @@ from avalanche.benchmarks.utils import DataAttribute
 from avalanche.benchmarks.utils.classification_dataset import TaskAwareSupervisedClassificationDataset
 from avalanche.core import SupervisedPlugin
 from avalanche.models import MultiTaskModule
+from avalanche.training import supervised
 from avalanche.training.plugins import AGEMPlugin, EvaluationPlugin
+from avalanche.training.plugins import SynapticIntelligencePlugin as AvalancheSIPlugin
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -219,3 +222,55 @@ def load_state(strategy, file: io.BytesIO, memory_attributes: tuple[str, ...], m
         strategy.optimized_param_id = dict(strategy.model.named_parameters())
     if payload["task_masks"] is not None:
         strategy.model.masks = payload["task_masks"]
+
+
+class SynapticIntelligencePlugin(AvalancheSIPlugin):
+    """Avalanche 0.6's Synaptic Intelligence plugin, keeping copies where it kept views.
+
+    Avalanche records the weights at the start of an experience (``init_batch``), before and
+    after every step (``pre_update``, ``post_update``, ``update_ewc_data``) and each step's
+    gradient (``post_update``) as ``param.detach().cpu().flatten()``. For a CUDA model that is
+    a copy; for a CPU model it is a view of the live parameter or gradient, which moves with
+    it: the start weights always equal the current ones (so the penalty is zero) and every
+    step's change is zero (so the importances stay zero), and SI trains exactly like Naive.
+
+    Here, right after each of the plugin's callbacks, every stored tensor that shares memory
+    with a parameter or gradient of the model is replaced by a copy of itself: the value
+    Avalanche meant to record, taken at the instant it meant to. Nothing else differs, and on
+    CUDA, where nothing is shared, the computation is Avalanche's, bit for bit.
+    """
+
+    def before_training_exp(self, strategy, **kwargs):
+        super().before_training_exp(strategy, **kwargs)
+        self._copy_views(strategy.model)
+
+    def before_training_iteration(self, strategy, **kwargs):
+        super().before_training_iteration(strategy, **kwargs)
+        self._copy_views(strategy.model)
+
+    def after_training_iteration(self, strategy, **kwargs):
+        super().after_training_iteration(strategy, **kwargs)
+        self._copy_views(strategy.model)
+
+    def after_training_exp(self, strategy, **kwargs):
+        super().after_training_exp(strategy, **kwargs)
+        self._copy_views(strategy.model)
+
+    def _copy_views(self, model: nn.Module) -> None:
+        live = {t.untyped_storage().data_ptr() for p in model.parameters() for t in (p, p.grad) if t is not None}
+        for store in (*self.ewc_data, *self.syn_data.values()):
+            for item in store.values():
+                if item.data.untyped_storage().data_ptr() in live:
+                    item.data = item.data.clone()
+
+
+class SynapticIntelligence(supervised.SynapticIntelligence):
+    """Avalanche's SynapticIntelligence strategy with our :class:`SynapticIntelligencePlugin`
+    in place of Avalanche's (which holds the whole algorithm); same arguments."""
+
+    @functools.wraps(supervised.SynapticIntelligence.__init__)  # its signature, for option checks
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.plugins = [SynapticIntelligencePlugin(si_lambda=p.si_lambda, eps=p.eps,
+                                                   excluded_parameters=p.excluded_parameters, device=p._device)
+                        if type(p) is AvalancheSIPlugin else p for p in self.plugins]

@@ -20,6 +20,18 @@ conv-BN net differs from the plain-autograd reference by up to 7e-3 in float64, 
 ``grad`` without ``vmap`` is exact); the same normalisation written with ``mean`` and ``var``
 is exact. Running statistics could not be used anyway: they are updated in place, which
 ``vmap`` forbids.
+
+The same trap, with affine parameters, in ``nn.LayerNorm`` and ``nn.InstanceNorm1d/2d/3d``:
+second-order meta-gradients of MAML and Meta-SGD through them under ``vmap`` were off by up to
+3e-3 (LayerNorm) and 5e-2 (InstanceNorm2d) in float64 against a per-task loop, while the forward
+values and first-order gradients (first-order MAML, Reptile, evaluation steps) are exact, as
+are ``nn.GroupNorm``, ``nn.RMSNorm`` and ``nn.LocalResponseNorm``. So the episodic strategies
+that take steps on a user's module (MAML, Meta-SGD, Reptile) also rewrite those two layers with
+plain tensor operations, :class:`SampleStatNorm` (see :func:`use_exact_norms`); the
+meta-gradients then equal the per-task loop (tests/strategies/test_numerics.py). An
+``nn.InstanceNorm`` with ``track_running_stats`` then uses each input's own statistics in
+``eval()`` mode too, as BatchNorm does under the policy above (its in-place running-statistics
+updates made it fail under ``vmap`` anyway).
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from scenarios.base import Params, StreamSpec
@@ -37,6 +49,13 @@ from scenarios.base import Params, StreamSpec
 class MLPParams(Params):
     hidden: list[int] = Field([100, 100], description="widths of the hidden layers")
     activation: Literal["relu", "tanh"] = Field("relu", description="hidden-layer non-linearity")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, hidden: list[int]) -> list[int]:
+        if any(h <= 0 for h in hidden):
+            raise ValueError(f"every width must be > 0, got {hidden}")
+        return hidden
 
 
 class MLP(nn.Sequential):
@@ -64,6 +83,11 @@ class MLP(nn.Sequential):
     @classmethod
     def from_params(cls, params: MLPParams, spec: StreamSpec) -> "MLP":
         return cls(spec.input_shape, spec.output_size, params.hidden, params.activation)
+
+    @classmethod
+    def input_problem(cls, params: MLPParams, input_shape: tuple[int, ...]) -> str | None:
+        """Why ``mlp`` cannot take inputs of ``input_shape``, or ``None``: it flattens any shape."""
+        return None
 
 
 class Conv4Params(Params):
@@ -95,12 +119,10 @@ class Conv4(nn.Sequential):
     Params = Conv4Params
 
     def __init__(self, input_shape: tuple[int, ...], output_size: int, filters: int = 64, blocks: int = 4):
-        if len(input_shape) != 3:
-            raise ValueError(f"conv4 needs inputs of shape (channels, height, width), got {tuple(input_shape)}")
+        problem = conv4_input_problem(tuple(input_shape), blocks)
+        if problem is not None:
+            raise ValueError(problem)
         channels, height, width = input_shape
-        if min(height, width) < 2**blocks:
-            raise ValueError(f"conv4 with {blocks} blocks needs height and width >= {2**blocks}, got "
-                             f"{height}x{width} (use fewer blocks for small images)")
         layers: list[nn.Module] = []
         for _ in range(blocks):
             layers += [nn.Conv2d(channels, filters, 3, padding=1), BatchStatNorm(filters), MaxPool(2), nn.ReLU()]
@@ -111,6 +133,36 @@ class Conv4(nn.Sequential):
     @classmethod
     def from_params(cls, params: Conv4Params, spec: StreamSpec) -> "Conv4":
         return cls(spec.input_shape, spec.output_size, params.filters, params.blocks)
+
+    @classmethod
+    def input_problem(cls, params: Conv4Params, input_shape: tuple[int, ...]) -> str | None:
+        """Why ``conv4`` with ``params`` cannot take inputs of ``input_shape``, or ``None``."""
+        return conv4_input_problem(tuple(input_shape), params.blocks)
+
+
+def conv4_input_problem(input_shape: tuple[int, ...], blocks: int) -> str | None:
+    """Why :class:`Conv4` with ``blocks`` blocks cannot take inputs of ``input_shape``, or ``None``.
+
+    It needs images (channels, height, width); each block's 2x2 max-pooling halves height and
+    width (rounding down), so ``blocks`` blocks need both to be at least ``2**blocks``.
+
+    Example:
+        >>> conv4_input_problem((1, 28, 28), 4) is None
+        True
+        >>> print(conv4_input_problem((1, 8, 8), 4))
+        conv4 with 4 blocks needs height and width >= 16 (each block's 2x2 max-pooling halves them), but the inputs are 8x8; use blocks = 3 or fewer
+    """
+    if len(input_shape) != 3:
+        return (f"conv4 needs images of shape (channels, height, width), but the inputs have shape "
+                f"{input_shape}; use mlp")
+    fits = min(input_shape[1:]).bit_length() - 1  # the most blocks whose poolings leave at least 1x1
+    if blocks > fits:
+        # Compared by bit length: 2**blocks of an absurd blocks would take forever to compute.
+        side = 2**blocks if blocks <= 64 else f"2**{blocks}"
+        advice = f"use blocks = {fits} or fewer" if fits > 0 else "use mlp"
+        return (f"conv4 with {blocks} blocks needs height and width >= {side} (each block's 2x2 "
+                f"max-pooling halves them), but the inputs are {input_shape[1]}x{input_shape[2]}; {advice}")
+    return None
 
 
 class MaxPool(nn.MaxPool2d):
@@ -179,6 +231,51 @@ class BatchStatNorm(nn.Module):
         return centred * (scale * self.weight.view(shape)) + self.bias.view(shape)
 
 
+class SampleStatNorm(nn.Module):
+    """``nn.LayerNorm`` or ``nn.InstanceNorm*d`` written with plain tensor operations.
+
+    Normalises each input over its last ``dims`` dimensions with the biased variance (as both
+    layers do), then multiplies by ``weight`` and adds ``bias`` (either may be ``None``), each
+    viewed as ``affine_shape`` so that it broadcasts against the input. Forward values equal
+    the torch layer's; unlike it, its second-order gradients stay exact under ``vmap`` (see the
+    module docstring). No buffers.
+
+    Example:
+        >>> x = torch.randn(4, 3, 5, 5)
+        >>> layer = nn.InstanceNorm2d(3, affine=True)
+        >>> torch.allclose(SampleStatNorm.replacing(layer)(x), layer(x), atol=1e-5)
+        True
+    """
+
+    def __init__(self, dims: int, eps: float, weight: nn.Parameter | None, bias: nn.Parameter | None,
+                 affine_shape: tuple[int, ...]):
+        super().__init__()
+        self.dims, self.eps, self.affine_shape = dims, eps, affine_shape
+        self.register_parameter("weight", weight)
+        self.register_parameter("bias", bias)
+
+    @classmethod
+    def replacing(cls, layer: nn.LayerNorm | nn.modules.instancenorm._InstanceNorm) -> "SampleStatNorm":
+        """A layer computing what ``layer`` computes with ``layer``'s own parameters (shared) and
+        ``eps``; an instance norm uses each input's statistics even when it tracks running ones."""
+        if isinstance(layer, nn.LayerNorm):
+            shape = tuple(layer.normalized_shape)
+            return cls(len(shape), layer.eps, layer.weight, layer.bias, shape)
+        spatial = next(d for d, kind in enumerate((nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d), 1)
+                       if isinstance(layer, kind))
+        return cls(spatial, layer.eps, layer.weight, layer.bias, (-1,) + (1,) * spatial)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(-self.dims, 0))
+        centred = x - x.mean(dims, keepdim=True)
+        out = centred * torch.rsqrt(centred.square().mean(dims, keepdim=True) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight.view(self.affine_shape)
+        if self.bias is not None:
+            out = out + self.bias.view(self.affine_shape)
+        return out
+
+
 def use_batch_statistics(model: nn.Module) -> nn.Module:
     """Replace every ``nn.BatchNorm*`` layer of ``model`` by a :class:`BatchStatNorm`.
 
@@ -195,4 +292,25 @@ def use_batch_statistics(model: nn.Module) -> nn.Module:
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.modules.batchnorm._BatchNorm):
                 setattr(module, child_name, BatchStatNorm.replacing(child))
+    return model
+
+
+def use_exact_norms(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.LayerNorm`` and ``nn.InstanceNorm*d`` of ``model`` by a :class:`SampleStatNorm`.
+
+    In place (the model is returned for convenience): each replacement keeps the layer's own
+    parameters (so ``state_dict`` keys stay the same, but for an instance norm's running
+    statistics, which are dropped) and its ``eps``. Second-order gradients through the
+    replacements are exact under ``vmap`` (see the module docstring). Other modules are left
+    as they are.
+
+    Example:
+        >>> m = use_exact_norms(nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3)))
+        >>> type(m[1]).__name__, sorted(dict(m.named_parameters()))
+        ('SampleStatNorm', ['0.bias', '0.weight', '1.bias', '1.weight'])
+    """
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, (nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)):
+                setattr(module, child_name, SampleStatNorm.replacing(child))
     return model

@@ -38,7 +38,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from scenarios.base import Params, StreamSpec, Support, Task
+from scenarios.base import PROTOCOLS, Params, StreamSpec, Support, Task
 
 
 class StrategyConfig(Params):
@@ -78,20 +78,78 @@ def check_finite(loss: Tensor, strategy: str, task: str, step: int) -> None:
                               f"loss is {loss.item()}")
 
 
+class TaskLoop:
+    """The iterations of one ``learn(task)``, written so that the runner can checkpoint between
+    them and resume in the middle of a task.
+
+    A strategy's ``learn`` opens one loop with :meth:`Strategy.task_loop`, keeps every value
+    that lives across iterations (accumulated losses, the current epoch's order) in
+    :attr:`carry`, a dict of tensors and plain numbers, and iterates :meth:`steps`. After each
+    iteration the runner may save a checkpoint holding the strategy's ``state_dict``, the
+    carry and the position; a resumed ``learn`` gets a loop whose :attr:`resumed` is true and
+    whose :meth:`steps` starts after the saved position with the saved carry. Work done
+    before :meth:`steps` (drawing the task's training examples) runs again on resume and must
+    draw from the strategy's generator only: the runner rewinds that generator to its state
+    at the start of ``learn`` first, so it draws the same examples, and :meth:`steps` then
+    puts every RNG where the checkpoint left it. State changes before :meth:`steps` (adding to a
+    memory, re-initialising the model) must be skipped when :attr:`resumed`: the checkpoint
+    already holds them.
+
+    Example:
+        >>> loop = TaskLoop(carry={"total": 0.0})
+        >>> for i in loop.steps(3):
+        ...     loop.carry["total"] += i
+        >>> loop.carry["total"], loop.position
+        (3.0, 3)
+    """
+
+    def __init__(self, carry: dict[str, Any] | None = None, start: int = 0, on_start=None, on_step=None):
+        self.carry = dict(carry or {})
+        self.start = start
+        self.position = start
+        self.total: int | None = None
+        self.loss: Tensor | None = None   # the latest loss, for progress displays (read rarely: a sync)
+        self._on_start, self._on_step = on_start, on_step
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this loop continues a task from a mid-task checkpoint."""
+        return self.start > 0
+
+    def steps(self, total: int) -> Iterator[int]:
+        """Yield the iteration indices ``start .. total-1``; the runner's hook runs after each."""
+        if self.start > total:
+            raise ValueError(f"a checkpoint resumes this task at iteration {self.start}, but it has {total}")
+        self.total = total
+        if self._on_start is not None:
+            self._on_start(self)
+        for i in range(self.start, total):
+            yield i
+            self.position = i + 1
+            if self._on_step is not None and self.position < total:
+                self._on_step(self)
+
+
 class Strategy:
     """Base class holding the protocol's shared machinery.
 
     Subclasses set ``name`` and ``Config`` and implement :meth:`learn`; they extend
-    :meth:`state_dict`/:meth:`load_state_dict` with their own memories.
+    :meth:`state_dict`/:meth:`load_state_dict` with their own memories. They narrow ``kinds``
+    and ``protocols`` to the streams they can run on, so that an experiment pairing them with
+    another stream is refused before it starts (:meth:`incompatibility`).
     """
 
     name: ClassVar[str] = "strategy"
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+    kinds: ClassVar[frozenset[str]] = frozenset({"classification", "regression"})
+    protocols: ClassVar[frozenset[str]] = frozenset(PROTOCOLS)
 
     def __init__(self, config: StrategyConfig | None = None, label: str | None = None):
         self.config = config if config is not None else self.Config()
         self.label = label or self.name
         self.model: nn.Module | None = None
+        # Set by the runner for the length of one learn(task): makes the loops of task_loop.
+        self.loop_factory = None
 
     # -- protocol -------------------------------------------------------------------------
     def setup(self, model: nn.Module, spec: StreamSpec, device: torch.device | str, seed: int = 0) -> None:
@@ -141,6 +199,32 @@ class Strategy:
         """
         return spec
 
+    def incompatibility(self, spec: StreamSpec) -> str | None:
+        """Why this strategy cannot run on a stream of ``spec``, in a sentence, or ``None`` if it can.
+
+        The default checks the declared ``kinds`` and ``protocols``.
+        """
+        if spec.kind not in self.kinds:
+            return (f"{self.name} learns {' or '.join(sorted(self.kinds))} streams, and stream {spec.name!r} "
+                    f"is {spec.kind}")
+        if spec.protocol not in self.protocols:
+            return (f"{self.name} runs under the {', '.join(sorted(self.protocols))} protocols, and stream "
+                    f"{spec.name!r} is {spec.protocol}")
+        return None
+
+    def training_episodes(self, spec: StreamSpec) -> tuple[int, int, int] | None:
+        """The largest batch of episodes ``learn`` draws at once from a task's training pool, as
+        ``(episodes, shots, query)`` (items per class), or ``None`` when it draws none.
+
+        A run is refused before it starts when a task's pool cannot supply such episodes. The
+        default describes :func:`training_examples`: episodes of the stream's shots and query
+        under the few-shot classification protocol (as many as fill the pool, so the pool's
+        own size bounds their memory: counted as one), else the pool's examples as they are.
+        """
+        if spec.protocol == "few-shot" and spec.kind == "classification":
+            return 1, spec.shots, spec.query
+        return None
+
     def predict(self, state: AdaptState, x: Tensor) -> Tensor:
         """Outputs of the model with ``state``'s parameters for ``x`` of shape (E, Q, ...)."""
         buffers = dict(self.model.named_buffers())
@@ -159,6 +243,13 @@ class Strategy:
         self.generator.set_state(state["generator"])
 
     # -- helpers for subclasses -------------------------------------------------------------
+    def task_loop(self, **carry: Any) -> TaskLoop:
+        """The resumable loop of the current ``learn`` (see :class:`TaskLoop`); ``carry`` gives
+        the initial values that live across its iterations. Open at most one per ``learn``."""
+        if self.loop_factory is None:
+            return TaskLoop(carry)
+        return self.loop_factory(carry)
+
     def loss(self, outputs: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
         return task_loss(outputs, targets, self.spec.kind, mask)
 
@@ -205,29 +296,37 @@ def make_optimizer(name: str, params, lr: float, momentum: float = 0.0) -> torch
 
 
 def train_minibatches(strategy: Strategy, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                      mask: Tensor | None, epochs: int, batch_size: int, task_name: str) -> dict[str, Any]:
+                      mask: Tensor | None, epochs: int, batch_size: int, task_name: str,
+                      loop: TaskLoop | None = None) -> dict[str, Any]:
     """Plain minibatch training of ``strategy.model`` on (x, y) for ``epochs`` passes.
 
     Batches are drawn from the strategy's generator (reproducible); ``mask`` is None, (out,)
-    or (N, out) per example. Returns the mean loss of the last epoch and the number of steps.
+    or (N, out) per example. The minibatches are the iterations of ``loop`` (a fresh
+    :meth:`Strategy.task_loop` by default), so a run can be checkpointed and resumed between
+    any two of them. Returns the mean loss of the last epoch and the number of steps.
     """
+    loop = loop if loop is not None else strategy.task_loop()
     model, n = strategy.model, x.shape[0]
+    per_epoch = -(-n // batch_size)
     model.train()
-    step, epoch_loss = 0, torch.zeros((), device=x.device)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=strategy.generator).to(x.device)
-        epoch_loss = torch.zeros((), device=x.device)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            batch_mask = mask[idx] if mask is not None and mask.dim() == 2 else mask
-            loss = strategy.loss(model(x[idx]), y[idx], batch_mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_loss += loss.detach() * len(idx)
-            step += 1
-        check_finite(epoch_loss, strategy.label, task_name, step)
-    return {"train_loss": float(epoch_loss) / n, "steps": step}
+    carry = loop.carry
+    carry.setdefault("epoch_loss", torch.zeros((), device=x.device))
+    for step in loop.steps(epochs * per_epoch):
+        batch = step % per_epoch
+        if batch == 0:  # a new epoch: a new order (kept in the carry for a mid-epoch resume)
+            carry["order"] = torch.randperm(n, generator=strategy.generator).to(x.device)
+            carry["epoch_loss"] = torch.zeros((), device=x.device)
+        idx = carry["order"][batch * batch_size:(batch + 1) * batch_size]
+        batch_mask = mask[idx] if mask is not None and mask.dim() == 2 else mask
+        loss = strategy.loss(model(x[idx]), y[idx], batch_mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        carry["epoch_loss"] += loss.detach() * len(idx)
+        loop.loss = loss.detach()
+        if batch == per_epoch - 1:
+            check_finite(carry["epoch_loss"], strategy.label, task_name, step + 1)
+    return {"train_loss": float(carry["epoch_loss"]) / n, "steps": epochs * per_epoch}
 
 
 class MinibatchConfig(StrategyConfig):

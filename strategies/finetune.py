@@ -27,9 +27,10 @@ class Finetune(Strategy):
         self.optimizer = make_optimizer(c.optimizer, self.model.parameters(), c.lr, c.momentum)
 
     def learn(self, task: Task) -> dict[str, Any]:
+        loop = self.task_loop()
         x, y, mask = training_examples(self, task)
         c = self.config
-        return train_minibatches(self, self.optimizer, x, y, mask, c.epochs, c.batch_size, task.name)
+        return train_minibatches(self, self.optimizer, x, y, mask, c.epochs, c.batch_size, task.name, loop)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -36,20 +36,22 @@ class Joint(Strategy):
         self.optimizer = make_optimizer(c.optimizer, self.model.parameters(), c.lr, c.momentum)
 
     def learn(self, task: Task) -> dict[str, Any]:
+        loop = self.task_loop()
         x, y, mask = training_examples(self, task)
-        self.memory["x"].append(x)
-        self.memory["y"].append(y)
-        if mask is not None:
-            self.memory["mask"].append(mask.expand(len(x), -1))
-        if self.config.reset:
-            for module in self.model.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-            self._new_optimizer()
+        if not loop.resumed:  # a mid-task checkpoint already holds the grown memory and the reset
+            self.memory["x"].append(x)
+            self.memory["y"].append(y)
+            if mask is not None:
+                self.memory["mask"].append(mask.expand(len(x), -1))
+            if self.config.reset:
+                for module in self.model.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+                self._new_optimizer()
         xs, ys = torch.cat(self.memory["x"]), torch.cat(self.memory["y"])
         masks = torch.cat(self.memory["mask"]) if self.memory["mask"] else None
         c = self.config
-        logs = train_minibatches(self, self.optimizer, xs, ys, masks, c.epochs, c.batch_size, task.name)
+        logs = train_minibatches(self, self.optimizer, xs, ys, masks, c.epochs, c.batch_size, task.name, loop)
         return {**logs, "memory_size": len(xs)}
 
     def state_dict(self) -> dict[str, Any]:

@@ -24,7 +24,9 @@ not its last registered ``nn.Linear`` should not be used with ``anil``.
 At evaluation, ``adapt`` takes the same kind of steps with ``inner_lr`` (or ``adapt_lr`` when
 set), one ``vmap`` over the episodes per step. BatchNorm uses batch statistics (see
 ``strategies/backbones.py``); :func:`~strategies.backbones.use_batch_statistics` is applied to
-the model in ``setup``.
+the model in ``setup``, and so is :func:`~strategies.backbones.use_exact_norms`, which rewrites
+``nn.LayerNorm`` and ``nn.InstanceNorm*d`` layers, whose second-order gradients under ``vmap``
+torch gets wrong, with plain tensor operations that keep the meta-gradient exact.
 
 This module also holds the machinery the other gradient-based meta-learners share:
 :class:`EpisodicConfig`, :class:`EpisodicStrategy` and :func:`fast_weights` (Reptile,
@@ -49,7 +51,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from scenarios.base import Episodes, StreamSpec, Support, Task
-from strategies.backbones import use_batch_statistics
+from strategies.backbones import use_batch_statistics, use_exact_norms
 from strategies.base import AdaptState, Strategy, StrategyConfig, check_finite, gradient_step, task_loss
 
 
@@ -153,15 +155,17 @@ def meta_backward(objective: Callable[[Episodes], Tensor], episodes: Episodes, c
 
 
 class EpisodicStrategy(Strategy):
-    """Shared set-up of the gradient-based meta-learners: batch-statistics BatchNorm, episodes
-    drawn from the current task with the strategy's generator, evaluation steps with
-    ``adapt_lr`` or else ``inner_lr``. Subclasses implement :meth:`learn`."""
+    """Shared set-up of the gradient-based meta-learners: batch-statistics BatchNorm, LayerNorm
+    and InstanceNorm rewritten for exact second-order gradients, episodes drawn from the current
+    task with the strategy's generator, evaluation steps with ``adapt_lr`` or else ``inner_lr``.
+    Subclasses implement :meth:`learn`."""
 
     Config = EpisodicConfig
 
     def setup(self, model: nn.Module, spec: StreamSpec, device, seed: int = 0) -> None:
         super().setup(model, spec, device, seed)
         use_batch_statistics(self.model)
+        use_exact_norms(self.model)
         self.adapted: tuple[str, ...] | None = None  # parameters the inner loop moves; None: all
 
     def episodes(self, task: Task) -> Episodes:
@@ -169,6 +173,11 @@ class EpisodicStrategy(Strategy):
         c = self.config
         return task.episodes("train", c.meta_batch_size, c.shots or self.spec.shots, c.query or self.spec.query,
                              self.generator).to(self.device)
+
+    def training_episodes(self, spec: StreamSpec) -> tuple[int, int, int]:
+        """One meta-batch: ``meta_batch_size`` episodes of ``shots`` and ``query`` (default: the stream's)."""
+        c = self.config
+        return c.meta_batch_size, c.shots or spec.shots, c.query or spec.query
 
     def evaluation_lr(self) -> float | Mapping[str, Tensor]:
         """The step size of ``adapt``: ``adapt_lr`` when set, else ``inner_lr``."""
@@ -206,11 +215,13 @@ class MAML(EpisodicStrategy):
     def learn(self, task: Task) -> dict[str, Any]:
         c = self.config
         self.model.train()
-        total = torch.zeros((), device=self.device)
-        for _ in range(c.meta_iterations):
+        loop = self.task_loop(total=torch.zeros((), device=self.device))
+        total = loop.carry["total"]
+        for _ in loop.steps(c.meta_iterations):
             episodes = self.episodes(task)
             self.optimizer.zero_grad(set_to_none=True)
-            total += meta_backward(self.meta_loss, episodes, c.chunk_size)
+            loop.loss = meta_backward(self.meta_loss, episodes, c.chunk_size)
+            total += loop.loss
             self.optimizer.step()
         # One check per task: a per-iteration check would synchronise the GPU every step.
         check_finite(total, self.label, task.name, c.meta_iterations)

@@ -135,10 +135,16 @@ class EmbeddingStrategy(Strategy):
     :meth:`after_task`."""
 
     Config = EmbeddingConfig
+    kinds = frozenset({"classification"})  # classes are compared by embedding similarity
 
     def model_spec(self, spec: StreamSpec) -> StreamSpec:
         """The stream's spec with ``embedding_dim`` outputs: a registered backbone is the embedding."""
         return dataclasses.replace(spec, output_size=self.config.embedding_dim)
+
+    def training_episodes(self, spec: StreamSpec) -> tuple[int, int, int]:
+        """One training step's ``meta_batch_size`` episodes of ``shots`` and ``query`` (default: the stream's)."""
+        c = self.config
+        return c.meta_batch_size, c.shots or spec.shots, c.query or spec.query
 
     def setup(self, model: nn.Module, spec: StreamSpec, device, seed: int = 0) -> None:
         if spec.kind != "classification":
@@ -159,8 +165,9 @@ class EmbeddingStrategy(Strategy):
     def learn(self, task: Task) -> dict[str, Any]:
         c = self.config
         self.model.train()
-        total = torch.zeros((), device=self.device)
-        for _ in range(c.meta_iterations):
+        loop = self.task_loop(total=torch.zeros((), device=self.device))
+        total = loop.carry["total"]
+        for _ in loop.steps(c.meta_iterations):
             eps = task.episodes("train", c.meta_batch_size, c.shots or self.spec.shots, c.query or self.spec.query,
                                 self.generator).to(self.device)
             loss = self.episode_loss(eps)
@@ -168,6 +175,7 @@ class EmbeddingStrategy(Strategy):
             loss.backward()
             self.optimizer.step()
             total += loss.detach()
+            loop.loss = loss.detach()
         check_finite(total, self.label, task.name, c.meta_iterations)
         return {"train_loss": float(total) / c.meta_iterations, "meta_iterations": c.meta_iterations,
                 **self.after_task(task)}

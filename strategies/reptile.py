@@ -90,8 +90,9 @@ class Reptile(EpisodicStrategy):
         c = self.config
         self.model.train()
         buffers = dict(self.model.named_buffers())
-        total = torch.zeros((), device=self.device)
-        for _ in range(c.meta_iterations):
+        loop = self.task_loop(total=torch.zeros((), device=self.device))
+        total = loop.carry["total"]
+        for _ in loop.steps(c.meta_iterations):
             eps = self.episodes(task)
             x = torch.cat([eps.support_x, eps.query_x], dim=1)
             y = torch.cat([eps.support_y, eps.query_y], dim=1)
@@ -101,5 +102,6 @@ class Reptile(EpisodicStrategy):
             for n, p in self.model.named_parameters():
                 p.add_(c.epsilon * (target[n] - p))
             total += loss
+            loop.loss = loss
         check_finite(total, self.label, task.name, c.meta_iterations)
         return {"inner_loss": float(total) / c.meta_iterations, "meta_iterations": c.meta_iterations}

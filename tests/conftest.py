@@ -29,3 +29,12 @@ def private_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIFELONG_CACHE", str(folder))
         yield folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_signing_key(tmp_path_factory):
+    """Checkpoint signing keys (strategies/avalanche.py) go to a fresh folder, never the user's ~."""
+    folder = tmp_path_factory.mktemp("lifelong-key")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIFELONG_KEY_DIR", str(folder))
+        yield folder

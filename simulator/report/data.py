@@ -109,30 +109,69 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ReportError(f"{path}: not valid JSON ({err})") from None
 
 
+def _check_document(path: Path, document: Any) -> None:
+    """Raise :class:`ReportError` unless ``document`` has the shape ``lifelong run`` writes."""
+    if not isinstance(document, dict):
+        raise ReportError(f"{path}: not a results document (a JSON object); not written by `lifelong run`?")
+    missing = [key for key in ("adapt_steps", "runs", "summary") if key not in document]
+    if missing:
+        raise ReportError(f"{path}: no {', '.join(missing)}; not written by `lifelong run`?")
+    number = (int, float, type(None))
+    problems = []
+    if not isinstance(document["adapt_steps"], int) or document["adapt_steps"] < 0:
+        problems.append("adapt_steps is not a count")
+    if not isinstance(document["summary"], dict) or not all(isinstance(v, dict) for v in document["summary"].values()):
+        problems.append("summary is not a table per strategy")
+    if not isinstance(document["runs"], list):
+        problems.append("runs is not a list")
+    else:
+        for i, run in enumerate(document["runs"]):
+            if not isinstance(run, dict) or not {"strategy", "seed", "learn_seconds", "eval_seconds",
+                                                 "peak_memory_mb"} <= set(run):
+                problems.append(f"run {i} lacks its strategy, seed, timings or memory")
+            elif not isinstance(run["strategy"], str) or not isinstance(run["seed"], int):
+                problems.append(f"run {i} has a strategy that is not text or a seed that is not an integer")
+            elif not all(isinstance(run[k], list) and all(isinstance(v, number) for v in run[k])
+                         for k in ("learn_seconds", "eval_seconds", "peak_memory_mb")):
+                problems.append(f"run {i} has timings or memory that are not lists of numbers")
+            elif not isinstance(run.get("task_ids", []), list):
+                problems.append(f"run {i} has task_ids that are not a list")
+    if problems:
+        raise ReportError(f"{path}: damaged ({'; '.join(problems[:3])})")
+
+
+def _read_arrays(npz: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise ReportError(f"{npz}: missing") from None
+    except Exception as err:  # noqa: BLE001 - zipfile, zlib and numpy raise many kinds for a damaged file
+        raise ReportError(f"{npz}: not a readable .npz file ({type(err).__name__}: {err})") from None
+
+
 def load_run(run_dir: str | Path) -> RunData:
-    """Read a run directory; raise :class:`ReportError` naming the file when one is missing or bad."""
+    """Read a run directory; raise :class:`ReportError` naming the file when one is missing or bad.
+
+    ``tensors.npz`` may hold arrays of a run that ``results.json`` does not list yet (a kill
+    between the two commits): they are ignored, as the run is not finished for the report.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such directory")
     config = _read_json(run_dir / "config.json")
+    if not (run_dir / "results.json").exists():
+        raise ReportError(f"{run_dir}: no run has finished there yet (results.json is written when the first "
+                          f"one finishes); continue it with `lifelong run ... --out {run_dir} --resume`")
     document = _read_json(run_dir / "results.json")
-    missing = [key for key in ("adapt_steps", "runs", "summary") if key not in document]
-    if missing:
-        raise ReportError(f"{run_dir / 'results.json'}: no {', '.join(missing)}; not written by `lifelong run`?")
+    _check_document(run_dir / "results.json", document)
     npz = run_dir / "tensors.npz"
-    try:
-        with np.load(npz) as data:
-            arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise ReportError(f"{npz}: missing") from None
-    except (OSError, ValueError) as err:
-        raise ReportError(f"{npz}: not a readable .npz file ({err})") from None
+    arrays = _read_arrays(npz)
     regression = document.get("kind") == "regression"
+    K = document["adapt_steps"]
 
     by_label: dict[str, list[dict[str, Any]]] = {}
     for run in document["runs"]:
-        if not {"strategy", "seed", "learn_seconds", "eval_seconds", "peak_memory_mb"} <= set(run):
-            raise ReportError(f"{run_dir / 'results.json'}: a run lacks its strategy, seed, timings or memory")
         by_label.setdefault(run["strategy"], []).append(run)
     strategies = []
     for label, runs in by_label.items():
@@ -142,10 +181,15 @@ def load_run(run_dir: str | Path) -> RunData:
             if key not in arrays:
                 raise ReportError(f"{npz}: no array {key!r} for a run listed in results.json")
             score = -arrays[key] if regression else arrays[key]
+            if score.ndim != 3 or score.shape[2] != K + 1 or not np.issubdtype(score.dtype, np.floating):
+                raise ReportError(f"{npz}: array {key!r} has shape {score.shape} ({score.dtype}); expected "
+                                  f"(rows, tasks, {K + 1}) floats")
             if run.get("task_ids") and score.shape[0] != score.shape[1] + 1:
                 from simulator.recurring import reduce_recurring
 
                 score = reduce_recurring(score, run["task_ids"])
+            if scores and score.shape != scores[0].shape:
+                raise ReportError(f"{npz}: the seeds of {label!r} have tensors of different shapes")
             scores.append(score)
         strategies.append(StrategyRuns(
             label=label, seeds=tuple(int(r["seed"]) for r in runs), score=np.stack(scores).astype(float),

@@ -10,8 +10,8 @@ SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import simulator.runner as runner
     original, saves = runner.save_checkpoint, [0]
-    def save_then_maybe_die(path, payload):
-        original(path, payload)
+    def save_then_maybe_die(*args):
+        original(*args)
         saves[0] += 1
         if saves[0] == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)

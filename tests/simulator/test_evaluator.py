@@ -1,6 +1,7 @@
 """The batched evaluator against a plain per-episode loop with torch.autograd."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -8,8 +9,9 @@ import torch
 
 import scenarios
 import strategies
+from simulator.cli import main
 from simulator.evaluator import EvalSettings, Evaluator
-from strategies.base import task_loss
+from strategies.base import DivergenceError, task_loss
 
 
 def reference_scores(strategy, evaluator, K, lr, kind):
@@ -112,3 +114,77 @@ def test_episode_scores_refuse_full_test_and_unknown_columns():
         Evaluator(stream, EvalSettings(episodes=2, full_test=True), seed=0).episode_scores(strategy, 0)
     with pytest.raises(IndexError, match="task column 2 out of range: the stream has 2"):
         Evaluator(stream, EvalSettings(episodes=2), seed=0).episode_scores(strategy, 2)
+
+
+DIVERGING = [("split-digits", {"num_tasks": 2}),
+             ("sinusoid", {"num_tasks": 2, "train_functions": 10, "test_functions": 10})]
+
+
+def diverging_finetune(stream):
+    """finetune whose evaluation steps of size 1e30 overflow the weights at the first step."""
+    torch.manual_seed(0)
+    strategy = strategies.build("finetune", {"adapt_lr": 1e30})
+    strategy.setup(strategies.build_model("mlp", {"hidden": [16]}, stream.spec), stream.spec, "cpu")
+    return strategy
+
+
+# full_test needs common labels: not for the few-shot sinusoid
+@pytest.mark.parametrize("name,params,full_test", [(*DIVERGING[0], False), (*DIVERGING[0], True), (*DIVERGING[1], False)])
+def test_non_finite_adaptation_is_a_divergence_naming_strategy_task_row_and_step(name, params, full_test):
+    stream = scenarios.build(name, params, seed=0)
+    evaluator = Evaluator(stream, EvalSettings(episodes=4, adapt_steps=3, full_test=full_test), seed=0)
+    task = stream[0].name
+    with pytest.raises(DivergenceError, match=rf"^strategy 'finetune' diverged while adapting to task '{task}' "
+                                              rf"\(after 2 tasks learned\) at adaptation step 1: outputs are "):
+        evaluator.evaluate(diverging_finetune(stream), row=2)
+    with pytest.raises(DivergenceError, match=rf"task '{task}' \(before any task was learned\) at adaptation step 1"):
+        evaluator.evaluate(diverging_finetune(stream), row=0)
+    if not full_test:
+        with pytest.raises(DivergenceError, match=rf"task '{stream[1].name}' at adaptation step 1"):
+            evaluator.episode_scores(diverging_finetune(stream), 1)
+
+
+def test_finite_outputs_with_an_overflowing_loss_are_a_divergence_too():
+    """Outputs of 1e20 are finite; their squared error is not (float32)."""
+    stream = scenarios.build("sinusoid", {"num_tasks": 1, "train_functions": 10, "test_functions": 10}, seed=0)
+    strategy = diverging_finetune(stream)
+    with torch.no_grad():
+        strategy.model[-1].bias.fill_(1e20)
+    with pytest.raises(DivergenceError, match=r"on task 'regime 0' \(after 1 task learned\) at adaptation step 0 "
+                                              r"\(no adaptation yet\): the query loss is inf"):
+        Evaluator(stream, EvalSettings(episodes=2, adapt_steps=1), seed=0).evaluate(strategy, row=1)
+
+
+def test_a_run_diverging_in_evaluation_fails_with_exit_1_and_reports_no_score(tmp_path, capsys):
+    """``lifelong run``: the diverging strategy is a failed run (message on stderr, listed in
+    results.json's failures, no tensors); the other strategy's run is kept."""
+    experiment = tmp_path / "nan.toml"
+    experiment.write_text("""
+        name = "nan"
+        seeds = [0]
+        threads = 1
+        [scenario]
+        name = "split-digits"
+        num_tasks = 2
+        [model]
+        name = "mlp"
+        hidden = [16]
+        [evaluation]
+        episodes = 4
+        adapt_steps = 2
+        [strategies.finetune]
+        epochs = 1
+        adapt_lr = 1e30
+        [strategies.joint]
+        epochs = 1
+    """.replace("\n        ", "\n"))
+    out = tmp_path / "out"
+    assert main(["run", str(experiment), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "strategy 'finetune' diverged while adapting to task 'digits 0-1'" in err
+    assert "at adaptation step 1: outputs are" in err
+    results = json.loads((out / "results.json").read_text())
+    assert [f["strategy"] for f in results["failures"]] == ["finetune"]
+    assert [r["strategy"] for r in results["runs"]] == ["joint"] and list(results["summary"]) == ["joint"]
+    tensors = np.load(out / "tensors.npz").files
+    assert tensors and all(key.startswith("joint/") for key in tensors)

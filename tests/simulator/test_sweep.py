@@ -102,7 +102,8 @@ def test_killed_sweep_skips_finished_trials_and_ends_the_same(tmp_path, capsys):
     # 2 tasks per trial: 2 trials finish, the third is killed after its first task
     kill_after_checkpoint(5, ["sweep", str(path), "--out", str(killed), "--quiet"], tmp_path)
     status, _, _ = outcomes(killed)
-    assert sorted(s for s, _ in status.values()) == ["done", "done", "running", "running", "running", "running"]
+    # the killed trial stays `running` (its driver died), the ones not started are `pending`
+    assert sorted(s for s, _ in status.values()) == ["done", "done", "pending", "pending", "pending", "running"]
     assert len(list(killed.glob("trials/*/checkpoints/*.pt"))) == 1     # the interrupted trial
 
     again = run_sweep(load_sweep(path), killed, quiet=True)
@@ -124,6 +125,15 @@ def test_a_diverging_trial_fails_and_the_others_complete(tmp_path, capsys):
     for error in failed.values():
         assert "strategy 'finetune' diverged on task 'digits 0-1' by step" in error
     assert all(t in values for t, (s, _) in status.items() if s == "done")
+    # A failure of the trial itself is not retried, and still counts (exit 1) on a re-run.
+    assert cli.main(["sweep", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "trials: 6 in all, 6 already finished, 0 run now, 2 failed\n" in captured.out
+    assert captured.err.count("diverged on task") == 2 and "retried" not in captured.err
+    assert outcomes(tmp_path / "out")[0] == status
+    db = ResultsDB(tmp_path / "out" / "results.db")
+    assert {r["trial_id"]: r["failure"] for r in db.runs() if r["status"] == "failed"} == dict.fromkeys(failed, "trial")
+    db.close()
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| strategies.finetune.lr=1e+30 | finetune | 0 | 2 |" in summary
     # CSV export of the database
