@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from scenarios.base import (PROTOCOLS, Episodes, Family, GroupedPool, ImagePool, LabelledPool, Params,
                             Registry, ScenarioError, Stream, StreamSpec, Support, Task)
+from scenarios.online import Batch, OnlineFamily, OnlineStream
 
 FAMILIES = Registry("scenario", {
     "sinusoid": "scenarios.sinusoid:SINUSOID",
@@ -26,6 +27,9 @@ FAMILIES = Registry("scenario", {
     "omniglot-fewshot": "scenarios.omniglot:OMNIGLOT_FEWSHOT",
     "omniglot-alphabets": "scenarios.omniglot:OMNIGLOT_ALPHABETS",
     "schedule": "scenarios.schedule:SCHEDULE",
+    "osaka": "scenarios.osaka:OSAKA",
+    "switching-sinusoid": "scenarios.switching_sinusoid:SWITCHING_SINUSOID",
+    "online": "scenarios.online_tasks:ONLINE_TASKS",
 })
 
 
@@ -45,8 +49,9 @@ def available() -> list[str]:
     return FAMILIES.names()
 
 
-def build(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> Stream:
-    """Build the stream ``name`` from a mapping of parameters (validated) and a seed.
+def build(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> Stream | OnlineStream:
+    """Build the stream ``name`` from a mapping of parameters (validated) and a seed: a task
+    :class:`Stream`, or an :class:`OnlineStream` for an online family (an :class:`OnlineFamily`).
 
     Raises:
         ScenarioError: the stream's data files are missing or damaged
@@ -56,5 +61,6 @@ def build(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> 
     return fam.build(fam.params(**dict(params or {})), seed)
 
 
-__all__ = ["Episodes", "Family", "GroupedPool", "ImagePool", "LabelledPool", "PROTOCOLS", "Params",
-           "ScenarioError", "Stream", "StreamSpec", "Support", "Task", "FAMILIES", "available", "build", "family"]
+__all__ = ["Batch", "Episodes", "Family", "GroupedPool", "ImagePool", "LabelledPool", "OnlineFamily", "OnlineStream",
+           "PROTOCOLS", "Params", "ScenarioError", "Stream", "StreamSpec", "Support", "Task", "FAMILIES", "available",
+           "build", "family"]

@@ -21,6 +21,7 @@ import importlib
 
 _LAZY = {
     "run": "simulator.runner", "run_experiment": "simulator.runner", "RunResult": "simulator.runner",
+    "run_online": "simulator.online", "OnlineSettings": "simulator.online",
     "Evaluator": "simulator.evaluator", "EvalSettings": "simulator.evaluator",
     "load_experiment": "simulator.config", "ConfigError": "simulator.config",
     "metrics": "simulator.metrics",

@@ -52,6 +52,7 @@ import strategies
 from scenarios.base import Params, ScenarioError
 from scenarios.data import resolve_data_root
 from simulator.evaluator import EvalSettings
+from simulator.online import OnlineSettings
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,14 @@ class EvaluationParams(Params):
     chunk: int | None = Field(None, gt=0, description="episodes adapted at once (default: all)")
     full_test: bool = Field(False, description="score k = 0 on each task's whole test pool (as Avalanche does); "
                                                "k > 0 adapts on `episodes` support sets from the training pool")
+
+
+class OnlineParams(Params):
+    eval_every: int = Field(1000, gt=0, description="online streams: batches between two rows of the anytime "
+                                                    "tensor (also one before the first batch and after the last)")
+    pretrain: bool = Field(True, description="online streams: learn the stream's pre-training tasks first")
+    recovery_window: int = Field(20, gt=0, description="online streams: batches after a switch that the recovery "
+                                                       "curve covers")
 
 
 MAX_THREADS = 4096
@@ -110,6 +119,7 @@ class TopLevel(Params):
     scenario: dict[str, Any] = Field(description="the stream: name plus its parameters")
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"}, description="backbone: name plus parameters")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="evaluation settings")
+    online: dict[str, Any] = Field(default_factory=dict, description="online-loop settings (online streams only)")
     strategies: dict[str, dict[str, Any]] = Field(min_length=1, description="label -> strategy table")
     data_root: str | None = Field(None, min_length=1, description="folder of the data files (default: $LIFELONG_DATA, else ./data)")
 
@@ -167,12 +177,14 @@ class Experiment:
     scenario_params: Any
     evaluation: EvalSettings
     strategies: tuple[StrategySpec, ...]
+    online: OnlineSettings = OnlineSettings()
 
     def resolved(self) -> dict[str, Any]:
         return {
             "name": self.name, "seeds": list(self.seeds), "device": self.device, "threads": self.threads,
             "scenario": {"name": self.scenario_name, **self.scenario_params.model_dump()},
             "evaluation": dataclasses.asdict(self.evaluation),
+            "online": dataclasses.asdict(self.online),
             "strategies": {s.label: {"strategy": s.name, **s.config.model_dump(),
                                      "model": {"name": s.model_name, **s.model_params.model_dump()}}
                            for s in self.strategies},
@@ -379,6 +391,7 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
         scenario_params = scenario_params.model_copy(update={"data_root": str(resolve_data_root(top.data_root))})
 
     evaluation = _validate(EvaluationParams, top.evaluation, "evaluation", problems)
+    online = _validate(OnlineParams, top.online, "online", problems)
     if evaluation is not None and evaluation.full_test and getattr(scenario_params, "protocol", None) == "few-shot":
         problems.append(("evaluation.full_test", "needs a class-, task- or domain-incremental stream: few-shot "
                                                  "labels only mean something within an episode"))
@@ -412,4 +425,4 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
     return Experiment(name=top.name or default_name, source=source, seeds=tuple(top.seeds),
                       device=top.device, threads=top.threads, scenario_name=family.name,
                       scenario_params=scenario_params, evaluation=EvalSettings(**evaluation.model_dump()),
-                      strategies=tuple(specs))
+                      strategies=tuple(specs), online=OnlineSettings(**online.model_dump()))

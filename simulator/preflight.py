@@ -46,6 +46,9 @@ def check(experiment, streams: dict[int, Stream]) -> None:
     experiment's strategies, models and evaluation settings and its streams (one per seed)."""
     problems, needs = [], [_evaluation_tensors(experiment, streams)]
     for seed, stream in streams.items():
+        if not isinstance(stream, Stream):  # an online stream: its columns are what is evaluated
+            problems += _online(experiment, stream)
+            stream = Stream(stream.spec, tuple(stream.columns))
         empty = _empty_pools(stream, seed)
         if empty:  # nothing else about this stream is worth saying
             problems += empty
@@ -64,6 +67,14 @@ def check(experiment, streams: dict[int, Stream]) -> None:
         first.setdefault(path, message)
     if first:
         raise ConfigError(experiment.source, list(first.items()))
+
+
+def _online(experiment, stream) -> Problems:
+    """Strategies that cannot take part in the online loop (no ``observe``)."""
+    return [(f"strategies.{spec.label}.strategy",
+             f"{spec.name} does not learn online (it has no observe), and stream {stream.spec.name!r} is an online "
+             "stream; use it on a task stream, or present that stream online with the `online` scenario")
+            for spec in experiment.strategies if not strategies.strategy_class(spec.name).learns_online()]
 
 
 def _empty_pools(stream: Stream, seed: int) -> Problems:
@@ -137,8 +148,14 @@ def _evaluation_tensors(experiment, streams: dict[int, Stream]) -> tuple[str, st
     stream = next(iter(streams.values()))
     runs = len(experiment.strategies) * len(experiment.seeds)
     steps = experiment.evaluation.adapt_steps + 1
+    if isinstance(stream, Stream):
+        rows, columns = len(stream) + 1, stream.num_columns
+    else:  # an online stream: the anytime tensor's rows, and one score per batch
+        from simulator.online import evaluation_points
+
+        rows, columns = len(evaluation_points(len(stream), experiment.online.eval_every)), len(stream.columns)
     return ("evaluation.adapt_steps", f"the evaluation tensors of {runs} run(s) scoring {steps} adaptation steps",
-            runs * 2 * (len(stream) + 1) * stream.num_columns * steps * 8)
+            runs * 2 * rows * columns * steps * 8)
 
 
 def _parameters(spec: StrategySpec, strategy: Strategy, stream: Stream) -> tuple[int, int]:

@@ -57,9 +57,14 @@ def results_document(experiment, results, device: torch.device, complete: bool,
     runs, by_strategy = [], {}
     for r in results:
         at = {"k0": r.summary(0), f"k{K}": r.summary(K)}
-        runs.append({"strategy": r.strategy, "seed": r.seed, "metrics": at, "task_ids": list(r.task_ids),
-                     "learn_seconds": r.learn_seconds, "eval_seconds": r.eval_seconds,
-                     "peak_memory_mb": r.peak_memory_mb, "logs": r.logs})
+        run = {"strategy": r.strategy, "seed": r.seed, "loop": "task" if r.online is None else "online",
+               "metrics": at, "task_ids": list(r.task_ids), "learn_seconds": r.learn_seconds,
+               "eval_seconds": r.eval_seconds, "peak_memory_mb": r.peak_memory_mb, "logs": r.logs}
+        if r.online is not None:
+            from simulator import online_metrics
+
+            run["online"] = online_metrics.summarize_online(r.online, r.score)
+        runs.append(run)
         by_strategy.setdefault(r.strategy, []).append(at)
     summary = {label: {k: metrics.aggregate([s[k] for s in seeds]) for k in seeds[0]}
                for label, seeds in by_strategy.items()}
@@ -230,6 +235,34 @@ def read_results(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] 
     return document, tensors
 
 
+ONLINE_ARRAYS = {"online_correct": "correct", "online_pool": "pool", "online_switch": "switch", "online_task": "task"}
+"""tensors.npz names of an online run's per-batch arrays, and their keys in ``RunResult.online``."""
+
+
+def run_arrays(r) -> dict[str, np.ndarray]:
+    """The arrays ``tensors.npz`` keeps of one run: ``acc`` and ``loss``; for an online run also
+    the anytime tensors (the same arrays, under the names of DESIGN section 12) and the
+    per-batch scores, pools, switches and task ids."""
+    key = f"{r.strategy}/seed{r.seed}"
+    arrays = {f"{key}/acc": r.acc, f"{key}/loss": r.loss}
+    if r.online is not None:
+        arrays.update({f"{key}/anytime_acc": r.acc, f"{key}/anytime_loss": r.loss})
+        arrays.update({f"{key}/{name}": np.asarray(r.online[field]) for name, field in ONLINE_ARRAYS.items()})
+    return arrays
+
+
+def _online_record(run: dict[str, Any], tensors: dict[str, np.ndarray], key: str) -> dict[str, Any] | None:
+    """``RunResult.online`` of a finished online run, from its files."""
+    if run.get("loop") != "online":
+        return None
+    summary = run["online"]
+    record = {field: tensors[f"{key}/{name}"] for name, field in ONLINE_ARRAYS.items()}
+    record.update(eval_batches=list(summary["eval_batches"]), pools=list(summary["pools"]),
+                  columns=list(summary["columns"]), recovery_window=int(summary["recovery_window"]),
+                  online_seconds=float(run["learn_seconds"][-1]))
+    return record
+
+
 def load_finished(out_dir: Path, experiment=None) -> list:
     """The finished runs stored in a run directory, as ``RunResult`` objects.
 
@@ -260,7 +293,7 @@ def load_finished(out_dir: Path, experiment=None) -> list:
                                       learn_seconds=list(run["learn_seconds"]),
                                       eval_seconds=list(run["eval_seconds"]),
                                       peak_memory_mb=list(run["peak_memory_mb"]), logs=list(run["logs"]),
-                                      task_ids=tuple(run["task_ids"])))
+                                      task_ids=tuple(run["task_ids"]), online=_online_record(run, tensors, key)))
     except (KeyError, TypeError, ValueError) as err:
         raise RunDirError(f"{path} or tensors.npz is damaged ({type(err).__name__}: {err}); rerun with "
                           f"--overwrite to start again") from None
@@ -283,8 +316,7 @@ def write_run_dir(out_dir: Path, experiment, results, device: torch.device, comp
     document = results_document(experiment, results, device, complete, failures)
     arrays = {}
     for r in results:
-        arrays[f"{r.strategy}/seed{r.seed}/acc"] = r.acc
-        arrays[f"{r.strategy}/seed{r.seed}/loss"] = r.loss
+        arrays.update(run_arrays(r))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write(out_dir / "tensors.npz", buffer.getvalue())

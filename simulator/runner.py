@@ -66,6 +66,7 @@ class RunResult:
     peak_memory_mb: list[float] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
     task_ids: tuple[int, ...] = ()  # id of the task at each stream position (a recurring task repeats its id)
+    online: dict[str, Any] | None = None  # the online loop's record (simulator.online); None for the task loop
 
     @property
     def score(self) -> np.ndarray:
@@ -73,6 +74,12 @@ class RunResult:
         return self.acc if self.kind == "classification" else -self.loss
 
     def summary(self, k: int) -> dict[str, Any]:
+        """The metrics at adaptation step ``k``: DESIGN section 7's for the task loop, the online
+        metrics and those of the anytime tensor for the online loop."""
+        if self.online is not None:
+            from simulator import online_metrics
+
+            return online_metrics.flat_summary(self.online, self.score, k)
         # A stream with recurring tasks has N+1 > T+1 rows: the metrics use its (T+1, T) view.
         score = reduce_recurring(self.score, self.task_ids) if self.task_ids else self.score
         return metrics.summarize(score, k)
@@ -170,7 +177,8 @@ class _Run:
         save_checkpoint(self.path, {
             "next_task": next_task, "in_task": in_task, "strategy": self.strategy.state_dict(),
             "rng": rng_state(self.device), "acc": r.acc, "loss": r.loss, "learn_seconds": r.learn_seconds,
-            "eval_seconds": r.eval_seconds, "peak_memory_mb": r.peak_memory_mb, "logs": r.logs}, self.identity)
+            "eval_seconds": r.eval_seconds, "peak_memory_mb": r.peak_memory_mb, "logs": r.logs,
+            "online": r.online}, self.identity)
         self.last_save = time.monotonic()
 
     def restore(self) -> int:
@@ -182,6 +190,8 @@ class _Run:
             r.acc[:], r.loss[:] = saved["acc"], saved["loss"]
             for name in ("learn_seconds", "eval_seconds", "peak_memory_mb", "logs"):
                 setattr(r, name, list(saved[name]))
+            if r.online is not None:
+                r.online.update(saved["online"])
             set_rng_state(saved["rng"])
             self.pending = saved["in_task"]
             return int(saved["next_task"])
@@ -356,7 +366,9 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
     HTML/Markdown report (sweep trials). ``log_seconds``: how often a progress line is
     printed inside a task when stderr is not a terminal.
     """
+    from scenarios.online import OnlineStream
     from simulator.lock import DirectoryLock
+    from simulator.online import run_online
     from simulator.rundir import RunDirError, checkpoint_path, prepare, write_config, write_run_dir
 
     device = resolve_device(experiment.device)
@@ -380,9 +392,10 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
         finished = {(r.strategy, r.seed): r for r in prepare(out_dir, experiment, resume, overwrite)}
         write_config(out_dir, experiment)
         T = len(streams[experiment.seeds[0]])
+        online = isinstance(streams[experiment.seeds[0]], OnlineStream)
         todo = [(spec, seed) for spec in experiment.strategies for seed in experiment.seeds
                 if (spec.label, seed) not in finished]
-        progress.start(len(todo) * T)
+        progress.start(len(todo) * T, "batch" if online else "task")
         results = list(finished.values())
         try:
             for spec, seed in todo:
@@ -396,9 +409,14 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
                 ckpt = checkpoint_path(out_dir, spec.label, seed)
                 identity = {"config_hash": digest, "label": spec.label, "seed": seed}
                 try:
-                    result = run(stream, strategy, model, seed, experiment.evaluation, device,
-                                 on_task=progress.advance, checkpoint=ckpt, resume=resume, identity=identity,
-                                 policy=policy, stop=stop_request, progress=progress)
+                    if online:
+                        result = run_online(stream, strategy, model, seed, experiment.evaluation, experiment.online,
+                                            device, checkpoint=ckpt, resume=resume, identity=identity, policy=policy,
+                                            stop=stop_request, progress=progress)
+                    else:
+                        result = run(stream, strategy, model, seed, experiment.evaluation, device,
+                                     on_task=progress.advance, checkpoint=ckpt, resume=resume, identity=identity,
+                                     policy=policy, stop=stop_request, progress=progress)
                 except DivergenceError as err:
                     failures.append(Failure(spec.label, seed, str(err)))
                     progress.failed(failures[-1])
@@ -435,11 +453,11 @@ class _Progress:
         self.loop_info: tuple[int, str] = (0, "")
         self.loop_started = self.last_line = 0.0
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, unit: str = "task") -> None:
         if self.tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="task", file=sys.stderr)
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr)
 
     def describe(self, label: str, seed: int, tasks: int) -> None:
         self.label, self.seed, self.tasks = label, seed, tasks
@@ -483,6 +501,28 @@ class _Progress:
         self.note(f"{self.label} seed {self.seed}, task {task + 1}/{self.tasks} ({name}): iteration "
                   f"{loop.position}/{loop.total}{loss}, {now - self.loop_started:.0f} s, about {eta:.0f} s left")
 
+    def online_start(self, done: int, length: int) -> None:
+        """The online phase begins after ``done`` of ``length`` batches."""
+        self.online_length = length
+        self.loop_started = self.last_line = time.monotonic()
+        self.online_first = done
+        if self.bar is not None:
+            self.bar.update(done)
+
+    def online_step(self, done: int, correct: Tensor) -> None:
+        """``done`` batches observed; ``correct`` their scores (read only when a line is due)."""
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.monotonic()
+        if self.quiet or now - self.last_line < self.log_seconds:
+            return
+        self.last_line = now
+        rate = (done - self.online_first) / max(now - self.loop_started, 1e-9)
+        eta = (self.online_length - done) / rate if rate > 0 else float("nan")
+        self.note(f"{self.label} seed {self.seed}: batch {done}/{self.online_length}, online score so far "
+                  f"{float(correct[:done].nanmean()):.3f}, {now - self.loop_started:.0f} s, about {eta:.0f} s left")
+
     def note(self, message: str) -> None:
         """A line that must be seen even with ``quiet`` (e.g. a signal was received)."""
         (self.bar.write if self.bar is not None else lambda m: print(m, file=sys.stderr, flush=True))(message)
@@ -493,6 +533,11 @@ class _Progress:
         K = result.acc.shape[2] - 1
         s0, sK = result.summary(0), result.summary(K)
         what = "accuracy" if result.kind == "classification" else "score (-MSE)"
+        if result.online is not None:
+            print(f"{result.strategy} seed {result.seed}: {len(result.online['correct'])} batches in "
+                  f"{result.online['online_seconds']:.1f} s; online {what} {s0['online_accuracy']:.3f}, recovery "
+                  f"AUC {s0['recovery_auc']:.3f}, anytime forgetting {s0['forgetting']:.3f}", file=sys.stderr, flush=True)
+            return
         print(f"{result.strategy} seed {result.seed}: {len(result.learn_seconds)} tasks in "
               f"{sum(result.learn_seconds) + sum(result.eval_seconds):.1f} s; final {what} "
               f"{s0['final_accuracy']:.3f} as learned, {sK['final_accuracy']:.3f} after {K} steps; "

@@ -542,6 +542,8 @@ def _progress(total: int, quiet: bool):
 
 
 SUMMARY_METRICS = ("final_accuracy", "learning_accuracy", "backward_transfer", "forward_transfer", "forgetting")
+ONLINE_SUMMARY_METRICS = ("online_accuracy", "recovery_auc", "final_accuracy", "forgetting", "ood_drop")
+"""The columns of ``summary.md``: the task loop's, or the online loop's (an online stream's trials)."""
 
 
 def _write_summary(out_dir: Path, sweep: Sweep, db: ResultsDB) -> None:
@@ -558,17 +560,19 @@ def _write_summary(out_dir: Path, sweep: Sweep, db: ResultsDB) -> None:
     groups: dict[tuple[str, str], list[Trial]] = {}
     for t in sweep.trials:
         groups.setdefault((json.dumps(t.point, sort_keys=True), t.strategy), []).append(t)
-    header = ["grid point", "strategy", "seeds done", "failed"] + list(SUMMARY_METRICS)
+    columns = (ONLINE_SUMMARY_METRICS if any("online_accuracy" in m for m in per_trial.values())
+               else SUMMARY_METRICS)
+    header = ["grid point", "strategy", "seeds done", "failed"] + list(columns)
     lines = [f"# Sweep {sweep.name}", "", "Mean ± 95% CI over the finished seeds, as learned (k = 0).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (point, strategy), trials in groups.items():
         done = [per_trial[t.id] for t in trials if statuses.get(t.id) == "done" and t.id in per_trial]
         failed = sum(statuses.get(t.id) == "failed" for t in trials)
-        cells = ["n/a"] * len(SUMMARY_METRICS)
+        cells = ["n/a"] * len(columns)
         if done:
-            agg = metrics.aggregate([{m: s[m] for m in SUMMARY_METRICS} for s in done])
+            agg = metrics.aggregate([{m: s.get(m, float("nan")) for m in columns} for s in done])
             cells = [f"{agg[m]['mean']:.3f}" + ("" if len(done) < 2 else f" ± {agg[m]['ci95']:.3f}")
-                     for m in SUMMARY_METRICS]
+                     for m in columns]
         point_text = ", ".join(f"{k}={v}" for k, v in json.loads(point).items()) or "-"
         lines.append("| " + " | ".join([point_text.replace("|", "\\|"), strategy.replace("|", "\\|"),
                                          str(len(done)), str(failed)] + cells) + " |")

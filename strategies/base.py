@@ -9,6 +9,14 @@ A strategy is a handful of methods over plain state (DESIGN section 5)::
     state_dict() / load_state_dict()   everything needed to resume, memories included
     model_spec(spec) -> StreamSpec     what the runner sizes a registered backbone for (default: spec)
 
+and, for the online loop (DESIGN section 12), two more that a strategy may implement::
+
+    predict_online(x) -> outputs       outputs (B, out) of the current online state, before the labels
+    observe(x, y, task=None) -> dict   update on one labelled batch; ``task`` only when boundaries are given
+
+A strategy that implements ``observe`` but not ``learn`` gets ``learn(task)`` as one pass over
+the task's training data in batches of ``online_batch_size`` (:func:`learn_by_observing`).
+
 The default :meth:`Strategy.adapt` is full-batch gradient descent on each episode's support
 set with ``torch.func`` (``functional_call`` + ``grad``, vectorised over episodes with
 ``vmap``): the base model is never modified, and step k's state costs one batched gradient.
@@ -160,8 +168,15 @@ class Strategy:
         self.generator = torch.Generator().manual_seed(seed)
 
     def learn(self, task: Task) -> dict[str, Any]:
-        """Consume one task's training data; return logs (plain numbers)."""
-        raise NotImplementedError
+        """Consume one task's training data; return logs (plain numbers).
+
+        A strategy with :meth:`observe` and no ``learn`` of its own learns a task in one pass
+        of ``observe`` calls over batches of its config's ``batch_size`` (default 10): see
+        :func:`learn_by_observing`.
+        """
+        if self.learns_online():
+            return learn_by_observing(self, task, getattr(self.config, "batch_size", 10))
+        raise NotImplementedError(f"{self.name} implements neither learn nor observe")
 
     def adapt(self, support: Support, steps: int) -> Iterator[AdaptState]:
         """Yield the state after 0, 1, ..., ``steps`` gradient steps on each support set.
@@ -241,6 +256,23 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.generator.set_state(state["generator"])
+
+    # -- the online protocol ------------------------------------------------------------------
+    @classmethod
+    def learns_online(cls) -> bool:
+        """Whether the strategy implements :meth:`observe` (and so runs in the online loop)."""
+        return cls.observe is not Strategy.observe
+
+    def observe(self, x: Tensor, y: Tensor, task: int | None = None) -> dict[str, Any]:
+        """Update on one labelled batch ``(x, y)``, already scored; ``task`` is the batch's
+        task id when the stream's boundaries are given, else ``None``. Returns logs (numbers)."""
+        raise NotImplementedError(f"{self.name} does not learn online (it has no observe)")
+
+    @torch.no_grad()
+    def predict_online(self, x: Tensor) -> Tensor:
+        """Outputs ``(B, out)`` of the current online state for a batch ``x`` whose labels the
+        strategy has not seen; by default the model's."""
+        return self.model(x)
 
     # -- helpers for subclasses -------------------------------------------------------------
     def task_loop(self, **carry: Any) -> TaskLoop:
@@ -327,6 +359,22 @@ def train_minibatches(strategy: Strategy, optimizer: torch.optim.Optimizer, x: T
         if batch == per_epoch - 1:
             check_finite(carry["epoch_loss"], strategy.label, task_name, step + 1)
     return {"train_loss": float(carry["epoch_loss"]) / n, "steps": epochs * per_epoch}
+
+
+def learn_by_observing(strategy: Strategy, task: Task, batch_size: int) -> dict[str, Any]:
+    """``learn(task)`` of an online strategy: one pass over the task's training examples
+    (:func:`training_examples`) in an order drawn from the strategy's generator, handed to
+    :meth:`Strategy.observe` ``batch_size`` at a time (the single-pass protocol of GEM, MER
+    and La-MAML), as the iterations of a resumable :class:`TaskLoop`."""
+    loop = strategy.task_loop()
+    x, y, _ = training_examples(strategy, task)
+    order = torch.randperm(len(x), generator=strategy.generator).to(x.device)
+    batches = -(-len(x) // batch_size)
+    logs: dict[str, Any] = {}
+    for b in loop.steps(batches):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        logs = strategy.observe(x[idx], y[idx], task.id)
+    return {**logs, "batches": batches}
 
 
 class MinibatchConfig(StrategyConfig):

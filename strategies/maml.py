@@ -43,7 +43,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Literal, Mapping
 
 import torch
 from pydantic import Field
@@ -70,6 +70,10 @@ class EpisodicConfig(StrategyConfig):
                                                       "(default: the stream's)")
     chunk_size: int | None = Field(None, gt=0, description="episodes of a meta-batch processed at once "
                                                            "(default: all); lower it when memory binds")
+    online_adaptation: Literal["frozen", "reset", "accumulate"] = Field(
+        "reset", description="online loop: predict with the meta-learned weights (frozen), with weights adapted "
+                             "from them on the last observed batch (reset: OSAKA's MAML baseline), or keep "
+                             "adapting the same fast weights on every batch (accumulate)")
 
 
 class MAMLConfig(EpisodicConfig):
@@ -167,6 +171,37 @@ class EpisodicStrategy(Strategy):
         use_batch_statistics(self.model)
         use_exact_norms(self.model)
         self.adapted: tuple[str, ...] | None = None  # parameters the inner loop moves; None: all
+        self.online_fast: dict[str, Tensor] | None = None  # the online loop's adapted weights
+
+    def observe(self, x: Tensor, y: Tensor, task: int | None = None) -> dict[str, Any]:
+        """Online: fast weights after ``inner_steps`` steps (the evaluation's step size, only the
+        head's under ANIL) on the observed batch, from the meta-learned weights (``reset``) or
+        from the current fast weights (``accumulate``); nothing under ``frozen``. The
+        meta-learned weights themselves never move online."""
+        mode = self.config.online_adaptation
+        if mode == "frozen":
+            return {}
+        start = self.online_fast if mode == "accumulate" and self.online_fast is not None else \
+            {n: p.detach() for n, p in self.model.named_parameters()}
+        fast = fast_weights(self.model, start, x, y, steps=self.config.inner_steps,
+                            buffers=dict(self.model.named_buffers()), lr=self.evaluation_lr(), kind=self.spec.kind,
+                            names=self.adapted)
+        self.online_fast = {n: p.detach() for n, p in fast.items()}
+        return {}
+
+    @torch.no_grad()
+    def predict_online(self, x: Tensor) -> Tensor:
+        """Outputs ``(B, out)`` of the fast weights (the meta-learned ones before any batch)."""
+        params = self.online_fast or {n: p.detach() for n, p in self.model.named_parameters()}
+        return functional_call(self.model, (params, dict(self.model.named_buffers())), (x,))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "online_fast": self.online_fast}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        fast = state.get("online_fast")
+        self.online_fast = None if fast is None else {n: t.to(self.device) for n, t in fast.items()}
 
     def episodes(self, task: Task) -> Episodes:
         """A meta-batch of training episodes of ``task`` on the strategy's device."""

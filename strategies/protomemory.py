@@ -88,6 +88,9 @@ class EmbeddingConfig(StrategyConfig):
 class ProtoMemoryConfig(EmbeddingConfig):
     memory_size: int = Field(1000, gt=0, description="most classes the prototype memory keeps; when full, "
                                                      "the least recently updated are evicted")
+    online_momentum: float = Field(1.0, gt=0, le=1, description="online loop on a few-shot stream: weight of an "
+                                                               "observed batch's prototypes against the memory's "
+                                                               "(1: they replace them)")
 
 
 def embed(model: nn.Module, x: Tensor) -> Tensor:
@@ -241,6 +244,12 @@ class ProtoMemory(EmbeddingStrategy):
             batch_sums, batch_counts = class_sums(embed(self.model, xb.unsqueeze(0)), yb.unsqueeze(0), self.num_classes)
             sums += batch_sums[0]
             counts += batch_counts[0]
+        self.fold(sums, counts)
+        return {"memory_classes": int((self.memory["counts"] > 0).sum())}
+
+    def fold(self, sums: Tensor, counts: Tensor) -> None:
+        """Fold per-class embedding sums ``(C, D)`` and counts ``(C,)`` into the running means,
+        weighted by counts, then evict beyond the bound."""
         m = self.memory
         total = m["counts"] + counts.long()
         m["means"] = torch.where((total > 0).unsqueeze(-1),
@@ -249,7 +258,32 @@ class ProtoMemory(EmbeddingStrategy):
         m["counts"] = total
         m["updated"] = torch.where(counts > 0, self.tasks_learned, m["updated"])
         self.evict_beyond_bound()
-        return {"memory_classes": int((m["counts"] > 0).sum())}
+
+    @torch.no_grad()
+    def observe(self, x: Tensor, y: Tensor, task: int | None = None) -> dict[str, Any]:
+        """Online: the batch's embeddings update the prototypes. Where labels keep their meaning
+        (class-, task-, domain-incremental), they are folded into the running means as at the
+        end of a task; on a few-shot stream, where a label means another class in the next
+        task, a class's prototype moves to the batch's by ``online_momentum``."""
+        sums, counts = class_sums(embed(self.model, x.unsqueeze(0)), y.unsqueeze(0), self.num_classes)
+        sums, counts = sums[0], counts[0]
+        if self.spec.protocol != "few-shot":
+            self.fold(sums, counts)
+            return {}
+        m, w = self.memory, self.config.online_momentum
+        seen = counts > 0
+        batch = sums / counts.clamp_min(1).unsqueeze(-1)
+        blended = torch.where((m["counts"] > 0).unsqueeze(-1), (1 - w) * m["means"] + w * batch, batch)
+        m["means"] = torch.where(seen.unsqueeze(-1), blended, m["means"])
+        m["counts"] = m["counts"] + counts.long()
+        return {}
+
+    @torch.no_grad()
+    def predict_online(self, x: Tensor) -> Tensor:
+        """Logits ``(B, C)`` against the memory's prototypes."""
+        m = self.memory
+        logits = -squared_distances(embed(self.model, x.unsqueeze(0)), m["means"])
+        return fill_absent(logits, m["counts"] > 0)[0]
 
     def evict_beyond_bound(self) -> None:
         """Drop the least recently updated classes (then the fewer examples, then the lower

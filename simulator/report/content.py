@@ -3,6 +3,9 @@
 :func:`build` turns one run directory into a single-run report and several into a comparison
 (strategies x scenarios) followed by each run in full. Everything here is a function of
 :class:`~simulator.report.data.RunData`; figures come from :mod:`simulator.report.figures`.
+A run of the online loop gets its own sections (online accuracy over the stream, recovery
+curves, the anytime tensor, the per-pool table) in place of the task-boundary ones, which
+need rows taken at task boundaries.
 
 Numbers are shown in the reader's unit: accuracy for classification, the MSE for regression
 (score = -MSE inside). Differences keep the "higher is better" sign of the score (BWT and FWT:
@@ -21,8 +24,9 @@ import numpy as np
 
 from simulator.report import figures
 from simulator.files import to_json
-from simulator.report.data import (RunData, StrategyRuns, adaptation_curves, mean_ci, per_seed_cost, stat,
-                                   to_display)
+from simulator.online_metrics import reference_pool
+from simulator.report.data import (RunData, StrategyRuns, adaptation_curves, mean_ci, moving_average, online_stats,
+                                   per_seed_cost, smoothing_window, stat, to_display)
 from simulator.report.document import Block, Bullets, Cell, Code, Figure, Report, Section, Span, Table, paragraph
 
 
@@ -136,17 +140,21 @@ def _table(labels: Sequence[str], columns: Sequence[Column], values: Sequence[li
     return Table((first, *header), tuple(rows), caption, title)
 
 
+def _ci_note(run: RunData) -> str:
+    several_seeds = max(len(s.seeds) for s in run.strategies) > 1
+    return ("mean ± 95% confidence half-width over seeds (Student's t)" if several_seeds
+            else "one seed per strategy, so no confidence interval")
+
+
 def summary_tables(run: RunData) -> list[Table]:
     """The summary table as learned (k = 0, with adaptation and costs) and after K steps."""
     labels = [s.label for s in run.strategies]
     K = run.adapt_steps
     reg = run.regression
-    several_seeds = max(len(s.seeds) for s in run.strategies) > 1
-    ci_note = ("mean ± 95% confidence half-width over seeds (Student's t)" if several_seeds
-               else "one seed per strategy, so no confidence interval")
     first = _table(labels, SUMMARY_COLUMNS, [column_values(run, c) for c in SUMMARY_COLUMNS], reg,
                    title="As learned (k = 0)",
-                   caption=f"Cells: {ci_note}. Bold: best in its column (↑ higher is better, ↓ lower is better). "
+                   caption=f"Cells: {_ci_note(run)}. Bold: best in its column (↑ higher is better, ↓ lower is "
+                           "better). "
                            f"The adaptation columns are the mean score over k = 0..{K} adaptation steps (the "
                            "area under the adaptation curve) on new tasks before learning them and on old tasks "
                            "at the end. Time and memory are per seed, then averaged; on CPU, peak memory is the "
@@ -177,29 +185,34 @@ HIGHLIGHTS = (
 )
 
 
+def _highlight(title: str, labels: Sequence[str], values: Sequence[tuple[float, float]], column: Column,
+               regression: bool) -> tuple[Span, ...] | None:
+    """``title: best (value); next runner-up (value) (verdict).``, or None with fewer than two numbers."""
+    order = sorted((i for i, (m, _) in enumerate(values) if math.isfinite(m)),
+                   key=lambda i: values[i][0], reverse=not column.lower_is_better(regression))
+    if len(order) < 2:
+        return None
+    best, second = order[0], order[1]
+    if format_stat(*values[best], column.key) == format_stat(*values[second], column.key):
+        verdict = "a tie"
+    else:
+        verdict = {None: "one seed, so no interval to judge by",
+                   True: "within the 95% intervals: not a clear difference",
+                   False: "the 95% intervals do not overlap"}[_overlap(values[best], values[second])]
+    return (Span(f"{title}: ", "strong"),
+            Span(labels[best], "code"), Span(f" {format_stat(*values[best], column.key)}; next "),
+            Span(labels[second], "code"), Span(f" {format_stat(*values[second], column.key)} ({verdict})."))
+
+
 def highlights(run: RunData) -> Bullets | None:
     """One line per question a reader asks first (who forgets least, transfers most, adapts
     fastest, costs least), with the runner-up and whether the 95% intervals separate them."""
     labels = [s.label for s in run.strategies]
     if len(labels) < 2:
         return None
-    items = []
-    for column, title, title_regression in HIGHLIGHTS:
-        values = column_values(run, column)
-        order = sorted((i for i, (m, _) in enumerate(values) if math.isfinite(m)),
-                       key=lambda i: values[i][0], reverse=not column.lower_is_better(run.regression))
-        if len(order) < 2:
-            continue
-        best, second = order[0], order[1]
-        if format_stat(*values[best], column.key) == format_stat(*values[second], column.key):
-            verdict = "a tie"
-        else:
-            verdict = {None: "one seed, so no interval to judge by",
-                       True: "within the 95% intervals: not a clear difference",
-                       False: "the 95% intervals do not overlap"}[_overlap(values[best], values[second])]
-        items.append((Span(f"{title_regression if run.regression else title}: ", "strong"),
-                      Span(labels[best], "code"), Span(f" {format_stat(*values[best], column.key)}; next "),
-                      Span(labels[second], "code"), Span(f" {format_stat(*values[second], column.key)} ({verdict}).")))
+    items = [_highlight(title_regression if run.regression else title, labels, column_values(run, column), column,
+                        run.regression) for column, title, title_regression in HIGHLIGHTS]
+    items = [item for item in items if item]
     return Bullets(tuple(items)) if items else None
 
 
@@ -208,25 +221,41 @@ def _mean_matrix(s: StrategyRuns, k: int, regression: bool) -> np.ndarray:
 
 
 def _run_intro(run: RunData) -> list[Block]:
+    """The opening of a run: what was run, warnings (failures, divergence, an incomplete
+    run), and what the scores mean."""
+    opening = _online_opening(run) if run.online else _opening(run)
+    return [opening, *_warnings(run), _online_scores_note(run) if run.online else _scores_note(run)]
+
+
+def _opening(run: RunData) -> Block:
     config, K, T = run.config, run.adapt_steps, run.num_tasks
     scenario = config.get("scenario", {})
     seeds = config.get("seeds", [])
     protocol = f"{scenario['protocol']} " if scenario.get("protocol") else ""
-    blocks: list[Block] = [paragraph(
+    return paragraph(
         "Scenario ", Span(run.scenario, "code"),
         f" ({protocol}{'regression' if run.regression else 'classification'}), {T} task{'' if T == 1 else 's'}, "
         "scores after "
         f"k = 0..{K} adaptation steps, seeds {', '.join(str(s) for s in seeds)}, "
         f"device {run.document.get('environment', {}).get('device', 'unknown')}. Run directory ",
-        Span(run.directory, "code"), ".")]
+        Span(run.directory, "code"), ".")
+
+
+def _warnings(run: RunData) -> list[Block]:
+    config = run.config
+    seeds = config.get("seeds", [])
+    blocks: list[Block] = []
     failures = run.document.get("failures") or []
     if failures:
         blocks.append(paragraph(
             f"{len(failures)} run(s) failed and are left out of every number below: "
             + "; ".join(f"{f.get('strategy')} seed {f.get('seed')}: {f.get('error')}" for f in failures) + ".",
             warning=True))
-    diverged = [f"{s.label}: {int((~np.isfinite(s.score)).sum())} of {s.score.size} cells of R[i, j, k]"
+    tensor = "A[h, j, k]" if run.online else "R[i, j, k]"
+    diverged = [f"{s.label}: {int((~np.isfinite(s.score)).sum())} of {s.score.size} cells of {tensor}"
                 for s in run.strategies if not np.isfinite(s.score).all()]
+    diverged += [f"{s.label}: {int((~np.isfinite(s.online.scores)).sum())} of {s.online.scores.size} batch scores"
+                 for s in run.strategies if s.online is not None and not np.isfinite(s.online.scores).all()]
     if diverged:
         blocks.append(paragraph(
             "Some scores are not finite (an adaptation or a training step diverged), over all seeds: "
@@ -239,17 +268,21 @@ def _run_intro(run: RunData) -> list[Block]:
             f"Incomplete: the run is still going or stopped early, after {finished} of {planned} (strategy, seed) "
             "runs; everything below covers the finished runs only."
             + (f" No finished run yet for: {', '.join(missing)}." if missing else ""), warning=True))
+    return blocks
+
+
+def _scores_note(run: RunData) -> Block:
+    config = run.config
     scored_on = ("each task's whole test pool (k > 0: after adapting on support sets from its training pool)"
                  if config.get("evaluation", {}).get("full_test") else "each episode's query set")
-    blocks.append(paragraph(
+    return paragraph(
         "Scores are " + (f"the MSE on {scored_on} (lower is better); "
                          if run.regression else f"accuracy on {scored_on} (higher is better); ")
         + "R[i, j, k] is the score on task j after learning tasks 0..i-1 (row 0: untrained) and k "
         "adaptation steps. BWT and FWT divide by T-1 (the GEM paper; its code divides by T); "
         "forgetting is max-based (Chaudhry et al. 2018)"
         + ("; for regression BWT and FWT are MSE reductions (positive is good) and forgetting an "
-           "MSE increase." if run.regression else ".")))
-    return blocks
+           "MSE increase." if run.regression else "."))
 
 
 def _strategy_label(run: RunData) -> list[str]:
@@ -424,6 +457,8 @@ def run_sections(run: RunData, prefix: str = "", draw: bool = True,
     if not run.strategies:
         note = paragraph("No (strategy, seed) run has finished.", warning=True)
         return [Section(f"{prefix}summary", "Summary", (note,))], _run_data(run, [], {})
+    if run.online:
+        return _online_sections(run, prefix, draw, colours)
     curves = _curves(run) if run.square else []
     summary_blocks: list[Block] = []
     bullets = highlights(run)
@@ -443,34 +478,270 @@ def run_sections(run: RunData, prefix: str = "", draw: bool = True,
     return sections, _run_data(run, curves, matrices)
 
 
+# Online runs -----------------------------------------------------------------------------
+
+ONLINE_COLUMNS = (
+    Column("online_accuracy", "Online acc.", "Online MSE", "level"),
+    Column("recovery_auc", "Recovery AUC", "Recovery AUC (MSE)", "level"),
+    Column("forgetting", "Anytime forgetting", "Anytime forgetting", "lower"),
+    Column("forgetting_kK", "Anytime forgetting, k = K", "Anytime forgetting, k = K", "lower"),
+    Column("ood_drop", "Out-of-distribution drop", "Out-of-distribution drop", "lower"),
+    Column("total_seconds", "Run s", "Run s", "lower", cost=True),
+    COST_COLUMNS[2],
+)
+ONLINE_COMPARISON_COLUMNS = tuple(c for c in ONLINE_COLUMNS if c.key in (
+    "online_accuracy", "recovery_auc", "forgetting", "ood_drop", "total_seconds"))
+ONLINE_HIGHLIGHTS = (
+    ("online_accuracy", "Highest online accuracy", "Lowest online MSE"),
+    ("recovery_auc", "Adapts fastest after a switch (recovery AUC)",
+     "Adapts fastest after a switch (recovery AUC, MSE)"),
+    ("forgetting", "Forgets least (anytime forgetting)", "Forgets least (anytime forgetting, MSE)"),
+    ("ood_drop", "Suffers least out of distribution (drop from {reference} to the other pools)",
+     "Suffers least out of distribution (MSE increase from {reference} to the other pools)"),
+)
+MAX_POINTS = 2000  # points per line of the online accuracy figure: a smoothed curve needs no more
+
+
+def _online_columns(run: RunData) -> list[Column]:
+    """The summary columns that apply: no k = K column without adaptation steps, no
+    out-of-distribution drop for a stream of one pool."""
+    pools = run.strategies[0].online.pool_names
+    return [c for c in ONLINE_COLUMNS
+            if not (c.key == "forgetting_kK" and run.adapt_steps == 0) and not (c.key == "ood_drop" and len(pools) < 2)]
+
+
+def online_column_values(run: RunData, stats: dict[str, dict[str, np.ndarray]],
+                         column: Column) -> list[tuple[float, float]]:
+    """``(mean, ci95)`` over seeds per strategy of an online run in display units, from the
+    per-seed metrics ``stats`` (:func:`~simulator.report.data.online_stats`, by label)."""
+    out = []
+    for s in run.strategies:
+        per_seed = per_seed_cost(s)[column.key] if column.cost else stats[s.label][column.key]
+        mean, ci = (float(v) for v in mean_ci(per_seed))
+        out.append((float(to_display(mean, run.regression)) if column.better == "level" else mean, ci))
+    return out
+
+
+def online_highlights(run: RunData, stats) -> Bullets | None:
+    """The one-line answers of an online run: who predicts best, adapts fastest after a switch,
+    forgets least, and suffers least out of distribution, each with the runner-up."""
+    labels = _strategy_label(run)
+    if len(labels) < 2:
+        return None
+    columns = {c.key: c for c in _online_columns(run)}
+    reference = reference_pool(run.strategies[0].online.pool_names)
+    items = [_highlight((title_regression if run.regression else title).format(reference=reference), labels,
+                        online_column_values(run, stats, columns[key]), columns[key], run.regression)
+             for key, title, title_regression in ONLINE_HIGHLIGHTS if key in columns]
+    items = [item for item in items if item]
+    return Bullets(tuple(items)) if items else None
+
+
+def online_summary_table(run: RunData, stats) -> Table:
+    """One row per strategy: online accuracy, recovery AUC, anytime forgetting, the
+    out-of-distribution drop and costs."""
+    columns = _online_columns(run)
+    online = run.strategies[0].online
+    K, unit = run.adapt_steps, "MSE" if run.regression else "accuracy"
+    reference = reference_pool(online.pool_names)
+    if not any(c.key == "ood_drop" for c in columns):
+        drop = ""
+    elif run.regression:
+        drop = (f" Out-of-distribution drop: the mean online MSE over the other pools minus the one on {reference} "
+                "(an MSE increase; lower is better).")
+    else:
+        drop = (f" Out-of-distribution drop: the online accuracy on {reference} minus the mean over the other pools "
+                "(lower is better).")
+    return _table(
+        _strategy_label(run), columns, [online_column_values(run, stats, c) for c in columns], run.regression,
+        title="Online summary",
+        caption=f"Cells: {_ci_note(run)}. Bold: best in its column (↑ higher is better, ↓ lower is better). "
+                f"Online {unit}: the mean over every batch of the {unit} of the prediction made before the "
+                f"batch's labels were seen. Recovery AUC: the mean of the recovery curve over its first "
+                f"{online.recovery_batches} batches after a switch. Anytime forgetting: the mean over the evaluation "
+                "columns of the drop from the best earlier held-out score to the last one"
+                + (" (for the MSE, the rise from the lowest earlier MSE)" if run.regression else "")
+                + (f", as is (k = 0) and after {K} adaptation steps" if K else "") + "."
+                + drop + " Run s: the learn and evaluation seconds of one whole run. Peak memory: as in the "
+                "Environment section.")
+
+
+def per_pool_table(run: RunData, stats) -> Table:
+    """Online cumulative accuracy (the MSE for regression) per pool and over all batches."""
+    pools = run.strategies[0].online.pool_names
+    columns = [Column(f"pool{p}", name, name, "level") for p, name in enumerate(pools)]
+    values = [[(float(to_display(m, run.regression)), float(c))
+               for m, c in (mean_ci(stats[s.label]["by_pool"][:, p]) for s in run.strategies)]
+              for p in range(len(pools))]
+    total = Column("online_accuracy", "all batches", "all batches", "level")
+    unit = "MSE" if run.regression else "accuracy"
+    return _table(_strategy_label(run), columns + [total], values + [online_column_values(run, stats, total)],
+                  run.regression, title=f"Online cumulative {unit} per pool",
+                  caption=f"Per pool, the mean over that pool's batches of the {unit} of the prediction made before "
+                          f"the batch's labels were seen (OSAKA's online cumulative accuracy); every batch weighs "
+                          f"the same. Cells: {_ci_note(run)}; bold: best in its column. n/a: a pool that a seed's "
+                          "stream never visited.")
+
+
+def _online_opening(run: RunData) -> Block:
+    online = run.strategies[0].online
+    K, J = run.adapt_steps, len(online.column_names)
+    scenario = run.config.get("scenario", {})
+    protocol = f"{scenario['protocol']} " if scenario.get("protocol") else ""
+    switches = np.mean([s.online.switches.sum(axis=1).mean() for s in run.strategies])
+    return paragraph(
+        "Scenario ", Span(run.scenario, "code"),
+        f" (online, {protocol}{'regression' if run.regression else 'classification'}), "
+        f"{online.scores.shape[1]} batches per seed with {switches:.1f} task switches on average, pools "
+        f"{', '.join(online.pool_names)}; {J} evaluation column{'' if J == 1 else 's'} "
+        f"({', '.join(online.column_names)}) evaluated {len(online.eval_batches)} times after k = 0..{K} adaptation "
+        f"steps; seeds {', '.join(str(s) for s in run.config.get('seeds', []))}, "
+        f"device {run.document.get('environment', {}).get('device', 'unknown')}. Run directory ",
+        Span(run.directory, "code"), ".")
+
+
+def _online_scores_note(run: RunData) -> Block:
+    unit = "the MSE (lower is better)" if run.regression else "accuracy (higher is better)"
+    return paragraph(
+        f"Online scores are {unit} of each batch's prediction, made before the learner saw that batch's labels "
+        "(it updates on them afterwards); the recovery curve averages them by the number of batches since the last "
+        "task switch. A[h, j, k] is the score on evaluation column j's fixed held-out episodes at the h-th "
+        "evaluation after k adaptation steps. The task-boundary metrics (R[i, j, k], BWT, FWT, learning accuracy) "
+        "are not shown: an online stream has no task boundaries to take their rows at.")
+
+
+def _online_accuracy_section(run: RunData, prefix: str, draw: bool, colours: dict[str, str]) -> Section:
+    length = run.strategies[0].online.scores.shape[1]
+    window, stride = smoothing_window(length), max(1, math.ceil(length / MAX_POINTS))
+    curves = []
+    for s in run.strategies:
+        mean, ci = mean_ci(moving_average(s.online.scores, window)[:, ::stride])
+        curves.append((s.label, to_display(mean, run.regression), ci))
+    streams: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+    for s in run.strategies:  # a seed's stream is the same for every strategy: take its first
+        for seed, pools, switches in zip(s.seeds, s.online.pools, s.online.switches):
+            streams.setdefault(seed, (seed, pools, np.flatnonzero(switches[1:]) + 1))
+    streams_in_order = [streams[seed] for seed in sorted(streams)]
+    unit = "MSE" if run.regression else "accuracy"
+    several = max(len(s.seeds) for s in run.strategies) > 1
+    figure = _figure(
+        draw, f"{prefix}online-accuracy",
+        lambda: figures.online_accuracy(np.arange(length)[::stride], curves, streams_in_order,
+                                        run.strategies[0].online.pool_names, window, run.regression, colours),
+        f"Online {unit} over the stream per strategy, with each seed's pools and task switches",
+        f"The online {unit} of each batch's prediction (made before its labels were seen), as a trailing moving "
+        f"average over {window} batch{'' if window == 1 else 'es'}, mean over seeds"
+        + ("; band: 95% confidence interval over seeds. " if several else " (one seed, so no band). ")
+        + "Below: each seed's stream (every strategy of a seed sees the same one), coloured by the pool of each "
+          "stretch, with a tick at each task switch.")
+    return Section(f"{prefix}online-accuracy", f"Online {unit} over the stream", (figure,))
+
+
+def _recovery_section(run: RunData, prefix: str, stats, draw: bool, colours: dict[str, str]) -> Section:
+    curves = []
+    for s in run.strategies:
+        mean, ci = mean_ci(stats[s.label]["recovery_curve"])
+        curves.append((s.label, to_display(mean, run.regression), ci))
+    n = run.strategies[0].online.recovery_batches
+    several = max(len(s.seeds) for s in run.strategies) > 1
+    figure = _figure(
+        draw, f"{prefix}recovery", lambda: figures.recovery_curves(curves, run.regression, colours),
+        "Recovery curves: online score against batches since the last task switch",
+        f"The online {'MSE' if run.regression else 'accuracy'} against the number of batches since the last task "
+        "switch (0: the switch batch itself, predicted before any of the new task's labels), averaged over every "
+        "task of the stream, then over seeds"
+        + ("; band: 95% confidence interval over seeds. " if several else " (one seed, so no band). ")
+        + f"Its mean over these {n} points is the recovery AUC of the summary: the faster a strategy recovers "
+          "after a switch, the higher (for the MSE, the lower) it lies. A point is missing where no task lasted "
+          "that long.")
+    return Section(f"{prefix}recovery", "Recovery after a task switch", (figure,))
+
+
+def _anytime_section(run: RunData, prefix: str, draw: bool) -> Section:
+    online, K = run.strategies[0].online, run.adapt_steps
+    panels = [(s.label, to_display(mean_ci(s.score)[0], run.regression)) for s in run.strategies]
+    figure = _figure(
+        draw, f"{prefix}anytime",
+        lambda: figures.anytime_lines(panels, online.eval_batches, online.column_names, K, run.regression),
+        "The anytime tensor: held-out score of each evaluation column along the stream, one panel per strategy",
+        "A[h, j, k]: the score on each evaluation column's fixed held-out episodes at each evaluation (x: batches "
+        "seen), mean over seeds; solid as is (k = 0)"
+        + (f", dashed after {K} adaptation steps on each episode's support set" if K else "")
+        + ". Anytime forgetting is the drop from each line's best earlier point to its last one.")
+    return Section(f"{prefix}anytime", "Held-out score along the stream (anytime tensor)", (figure,))
+
+
+def _online_run_data(run: RunData, stats, columns: Sequence[Column]) -> dict[str, Any]:
+    """The numbers behind an online run's tables and figures, JSON-ready (display units); the
+    per-batch series stay in tensors.npz."""
+    online, K = run.strategies[0].online, run.adapt_steps
+    strategies = []
+    for index, s in enumerate(run.strategies):
+        by_pool = {name: dict(zip(("mean", "ci95"), (float(to_display(m, run.regression)), float(c))))
+                   for name, m, c in zip(online.pool_names, *mean_ci(stats[s.label]["by_pool"]))}
+        curve_mean, curve_ci = mean_ci(stats[s.label]["recovery_curve"])
+        anytime = to_display(mean_ci(s.score)[0], run.regression)
+        strategies.append({
+            "label": s.label, "seeds": list(s.seeds),
+            "summary": {c.key: dict(zip(("mean", "ci95"), online_column_values(run, stats, c)[index]))
+                        for c in columns},
+            "by_pool": by_pool,
+            "recovery_curve": {"mean": to_display(curve_mean, run.regression), "ci95": curve_ci},
+            "anytime": {f"k{k}": anytime[:, :, k] for k in sorted({0, K})},
+        })
+    return to_json({
+        "directory": run.directory, "experiment": run.name, "scenario": run.scenario, "loop": "online",
+        "kind": "regression" if run.regression else "classification",
+        "unit": "mse (lower is better)" if run.regression else "accuracy (higher is better)",
+        "complete": run.complete, "adapt_steps": K, "batches": online.scores.shape[1],
+        "pools": online.pool_names, "columns": online.column_names, "eval_batches": online.eval_batches,
+        "recovery_batches": online.recovery_batches, "reference_pool": reference_pool(online.pool_names),
+        "config": run.config, "environment": run.document.get("environment", {}), "strategies": strategies,
+    })
+
+
+def _online_sections(run: RunData, prefix: str, draw: bool,
+                     colours: dict[str, str]) -> tuple[list[Section], dict[str, Any]]:
+    """The sections of an online run and the data behind them (see :func:`run_sections`)."""
+    stats = {s.label: online_stats(s) for s in run.strategies}
+    bullets = online_highlights(run, stats)
+    summary = ([bullets] if bullets else []) + [online_summary_table(run, stats), per_pool_table(run, stats)]
+    sections = [
+        Section(f"{prefix}summary", "Summary", tuple(summary)),
+        _online_accuracy_section(run, prefix, draw, colours),
+        _recovery_section(run, prefix, stats, draw, colours),
+        _anytime_section(run, prefix, draw),
+        _config_section(run, prefix),
+    ]
+    return sections, _online_run_data(run, stats, _online_columns(run))
+
+
 def run_titles(runs: Sequence[RunData]) -> list[str]:
     """``experiment (scenario)`` per run, with the directory added where two would read the same."""
     titles = [f"{r.name} ({r.scenario})" for r in runs]
     return [f"{t} [{r.directory}]" if titles.count(t) > 1 else t for t, r in zip(titles, runs)]
 
 
-def _long_table(runs: Sequence[RunData], titles: Sequence[str]) -> Table:
-    """Every key metric, one row per (run, strategy); best marked within each run."""
+def _long_table(runs: Sequence[RunData], titles: Sequence[str], columns: Sequence[Column],
+                values: Sequence[list[list[tuple[float, float]]]], title: str, caption: str) -> Table:
+    """One row per (run, strategy); ``values[r][c]`` is run r's column c per strategy; best
+    marked within each run."""
     header = ["Run", "Strategy"] + [c.header(False) if c.better != "level" else f"{c.title} ↑ / MSE ↓"
-                                    for c in COMPARISON_COLUMNS]
+                                    for c in columns]
     rows = []
-    for run, title in zip(runs, titles):
-        values = [column_values(run, c) for c in COMPARISON_COLUMNS]
-        flags = [best_flags(v, c, run.regression) for v, c in zip(values, COMPARISON_COLUMNS)]
+    for run, run_title, run_values in zip(runs, titles, values):
+        flags = [best_flags(v, c, run.regression) for v, c in zip(run_values, columns)]
         for r, s in enumerate(run.strategies):
-            rows.append((Cell(title), Cell(s.label), *(
-                Cell(format_stat(*values[c][r], column.key), best=flags[c][r], numeric=True)
-                for c, column in enumerate(COMPARISON_COLUMNS))))
-    return Table(tuple(header), tuple(rows), title="Key metrics per run and strategy",
-                 caption="As learned (k = 0), mean ± 95% interval over seeds; bold: best within its run. "
-                         "Score columns are accuracy (higher is better) for classification runs and the MSE "
-                         "(lower is better) for regression runs.")
+            rows.append((Cell(run_title), Cell(s.label), *(
+                Cell(format_stat(*run_values[c][r], column.key), best=flags[c][r], numeric=True)
+                for c, column in enumerate(columns))))
+    return Table(tuple(header), tuple(rows), title=title, caption=caption)
 
 
-def comparison_section(runs: Sequence[RunData], titles: Sequence[str], draw: bool,
-                       colours: dict[str, str]) -> Section:
-    """Strategies x scenarios: the final score as a strategies x runs table, the key metrics per
-    (run, strategy), best marked within each run, and one figure of bars per run and metric."""
+def _task_comparison(runs: Sequence[RunData], titles: Sequence[str], draw: bool,
+                     colours: dict[str, str]) -> list[Block]:
+    """The final score as a strategies x runs table, the key metrics per (run, strategy), and
+    one figure of bars per run and metric, for runs of the task loop."""
     labels = list(dict.fromkeys(s.label for r in runs for s in r.strategies))
 
     def by_label(run: RunData, column: Column) -> list[tuple[float, float]]:
@@ -485,7 +756,12 @@ def comparison_section(runs: Sequence[RunData], titles: Sequence[str], draw: boo
                caption="As learned (k = 0), mean ± 95% interval over seeds; bold: the best strategy of each run. "
                        "Classification runs show accuracy and regression runs the MSE, so read each column "
                        "in its own unit."),
-        _long_table(runs, titles),
+        _long_table(runs, titles, COMPARISON_COLUMNS,
+                    [[column_values(run, c) for c in COMPARISON_COLUMNS] for run in runs],
+                    title="Key metrics per run and strategy",
+                    caption="As learned (k = 0), mean ± 95% interval over seeds; bold: best within its run. "
+                            "Score columns are accuracy (higher is better) for classification runs and the MSE "
+                            "(lower is better) for regression runs."),
     ]
     panels = []
     for run, title in zip(runs, titles):
@@ -499,6 +775,33 @@ def comparison_section(runs: Sequence[RunData], titles: Sequence[str], draw: boo
                           "Strategies x runs: final score, forgetting and forward transfer",
                           "One column per run, one row per metric; bars: mean over seeds, lines: 95% "
                           "confidence interval."))
+    return blocks
+
+
+def _online_comparison(runs: Sequence[RunData], titles: Sequence[str]) -> Table:
+    """The key online metrics per (run, strategy) of runs of the online loop."""
+    values = []
+    for run in runs:
+        stats = {s.label: online_stats(s) for s in run.strategies}
+        values.append([online_column_values(run, stats, c) for c in ONLINE_COMPARISON_COLUMNS])
+    return _long_table(runs, titles, ONLINE_COMPARISON_COLUMNS, values, title="Online runs: key metrics per strategy",
+                       caption="Mean ± 95% interval over seeds; bold: best within its run. Online and recovery "
+                               "scores are accuracy (higher is better) for classification runs and the MSE (lower "
+                               "is better) for regression runs; forgetting (k = 0) and the out-of-distribution drop "
+                               "are lower-is-better differences (n/a for a stream of one pool).")
+
+
+def comparison_section(runs: Sequence[RunData], titles: Sequence[str], draw: bool,
+                       colours: dict[str, str]) -> Section:
+    """Strategies x scenarios: the final score as a strategies x runs table, the key metrics per
+    (run, strategy), best marked within each run, and one figure of bars per run and metric.
+    Runs of the online loop, which have no task-boundary metrics, get a table of their online
+    metrics instead."""
+    task = [(r, t) for r, t in zip(runs, titles) if not r.online]
+    online = [(r, t) for r, t in zip(runs, titles) if r.online]
+    blocks = _task_comparison(*zip(*task), draw, colours) if task else []
+    if online:
+        blocks.append(_online_comparison(*zip(*online)))
     return Section("comparison", "Comparison: strategies x scenarios", tuple(blocks))
 
 

@@ -5,10 +5,15 @@ functions are pure numpy over what it returns. Every number is "higher is better
 (``score`` is accuracy, or minus the MSE for regression) and turned into the unit a reader
 expects only by :func:`to_display` (accuracy, or the MSE itself for regression).
 
+A run of the online loop (``"loop": "online"`` in ``results.json``) also has its per-batch
+records (:class:`OnlineRuns`); its ``score`` is then the anytime tensor A[h, j, k] (H
+evaluations x J columns), not the task tensor R[i, j, k], and :func:`online_stats` gives its
+metrics (:mod:`simulator.online_metrics`) per seed.
+
 Example:
     >>> import numpy as np
     >>> mean, ci = mean_ci(np.array([[1.0, 2.0], [3.0, 4.0]]))
-    >>> mean.tolist(), [round(c, 3) for c in ci]
+    >>> mean.tolist(), ci.round(3).tolist()
     ([2.0, 3.0], [12.706, 12.706])
 """
 
@@ -22,11 +27,35 @@ from typing import Any
 
 import numpy as np
 
-from simulator import metrics
+from simulator import metrics, online_metrics
 
 
 class ReportError(ValueError):
     """A run directory that cannot be reported: ``str(err)`` names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class OnlineRuns:
+    """What the online loop recorded for every seed of one strategy.
+
+    Attributes:
+        scores: shape (seeds, L), the score of each batch's prediction made before its update
+            (accuracy, or minus the MSE): higher is better.
+        pools: shape (seeds, L), each batch's index into ``pool_names``.
+        switches: shape (seeds, L), whether each batch starts a task.
+        pool_names: the stream's pools.
+        column_names: the J evaluation columns of the anytime tensor (pools or tasks).
+        eval_batches: per row h of the anytime tensor, the batch after which it was evaluated.
+        recovery_batches: n, the length of the recovery curves the runs recorded.
+    """
+
+    scores: np.ndarray
+    pools: np.ndarray
+    switches: np.ndarray
+    pool_names: tuple[str, ...]
+    column_names: tuple[str, ...]
+    eval_batches: tuple[int, ...]
+    recovery_batches: int
 
 
 @dataclass(frozen=True)
@@ -39,9 +68,11 @@ class StrategyRuns:
         score: shape (seeds, T+1, T, K+1), higher is better. For a stream whose tasks recur,
             this is the (T+1, T) view of :func:`simulator.recurring.reduce_recurring` when
             ``results.json`` gives the run's ``task_ids``, else the saved (N+1, T) rows as they are.
+            For an online run, the anytime tensor: shape (seeds, H, J, K+1).
         learn_seconds: per seed, the wall time of each task's ``learn``.
         eval_seconds: per seed, the wall time of each evaluation row.
         peak_memory_mb: per seed, the peak memory after each task.
+        online: the per-batch records of an online run; None for the task loop.
     """
 
     label: str
@@ -50,6 +81,7 @@ class StrategyRuns:
     learn_seconds: tuple[tuple[float, ...], ...]
     eval_seconds: tuple[tuple[float, ...], ...]
     peak_memory_mb: tuple[tuple[float, ...], ...]
+    online: OnlineRuns | None = None
 
 
 @dataclass(frozen=True)
@@ -85,9 +117,15 @@ class RunData:
         return int(self.document["adapt_steps"])
 
     @property
+    def online(self) -> bool:
+        """Whether the runs are of the online loop (``score`` is then the anytime tensor)."""
+        return is_online(self.document)
+
+    @property
     def square(self) -> bool:
-        """Whether every strategy's tensor has the (T+1, T) shape that R[j, j] and R[j+1, j] need."""
-        return all(s.score.shape[1] == s.score.shape[2] + 1 for s in self.strategies)
+        """Whether every strategy's tensor has the (T+1, T) shape that R[j, j] and R[j+1, j] need
+        (never for an online run, whose rows are evaluations, not tasks learned)."""
+        return not self.online and all(s.score.shape[1] == s.score.shape[2] + 1 for s in self.strategies)
 
     @property
     def complete(self) -> bool:
@@ -136,8 +174,33 @@ def _check_document(path: Path, document: Any) -> None:
                 problems.append(f"run {i} has timings or memory that are not lists of numbers")
             elif not isinstance(run.get("task_ids", []), list):
                 problems.append(f"run {i} has task_ids that are not a list")
+            elif run.get("loop") == "online" and (problem := _online_problem(run.get("online"))):
+                problems.append(f"run {i} has {problem}")
+        if len({isinstance(r, dict) and r.get("loop") == "online" for r in document["runs"]}) > 1:
+            problems.append("runs of the online loop and of the task loop are mixed")
     if problems:
         raise ReportError(f"{path}: damaged ({'; '.join(problems[:3])})")
+
+
+def _online_problem(online: Any) -> str | None:
+    """What is wrong with an online run's ``online`` object, or None (the fields a report reads)."""
+    if not isinstance(online, dict):
+        return "no online object"
+    names = lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)  # noqa: E731
+    if not names(online.get("pools")) or not names(online.get("columns")):
+        return "online pools or columns that are not lists of names"
+    if not isinstance(online.get("eval_batches"), list) or not all(
+            isinstance(b, int) for b in online["eval_batches"]):
+        return "online eval_batches that are not a list of batch indices"
+    curve = online.get("recovery_curve")
+    if not isinstance(curve, list) or not curve or not all(isinstance(v, (int, float, type(None))) for v in curve):
+        return "an online recovery_curve that is not a list of numbers"
+    return None
+
+
+def is_online(document: dict[str, Any]) -> bool:
+    """Whether a checked ``results.json`` holds runs of the online loop."""
+    return any(run.get("loop") == "online" for run in document["runs"])
 
 
 def _read_arrays(npz: Path) -> dict[str, np.ndarray]:
@@ -169,6 +232,11 @@ def load_run(run_dir: str | Path) -> RunData:
     arrays = _read_arrays(npz)
     regression = document.get("kind") == "regression"
     K = document["adapt_steps"]
+    online = is_online(document)
+    if online and len({(tuple(r["online"]["pools"]), tuple(r["online"]["columns"])) for r in document["runs"]}) > 1:
+        raise ReportError(f"{run_dir / 'results.json'}: damaged (its runs disagree on the online pools or columns)")
+    # an online run stores its anytime tensor under its own name (and again as acc/loss for older readers)
+    tensor = ("anytime_" if online else "") + ("loss" if regression else "acc")
 
     by_label: dict[str, list[dict[str, Any]]] = {}
     for run in document["runs"]:
@@ -177,14 +245,16 @@ def load_run(run_dir: str | Path) -> RunData:
     for label, runs in by_label.items():
         scores = []
         for run in runs:
-            key = f"{label}/seed{run['seed']}/{'loss' if regression else 'acc'}"
+            key = f"{label}/seed{run['seed']}/{tensor}"
             if key not in arrays:
                 raise ReportError(f"{npz}: no array {key!r} for a run listed in results.json")
             score = -arrays[key] if regression else arrays[key]
             if score.ndim != 3 or score.shape[2] != K + 1 or not np.issubdtype(score.dtype, np.floating):
                 raise ReportError(f"{npz}: array {key!r} has shape {score.shape} ({score.dtype}); expected "
                                   f"(rows, tasks, {K + 1}) floats")
-            if run.get("task_ids") and score.shape[0] != score.shape[1] + 1:
+            if online:
+                _check_anytime(npz, key, score.shape, run["online"])
+            elif run.get("task_ids") and score.shape[0] != score.shape[1] + 1:
                 from simulator.recurring import reduce_recurring
 
                 score = reduce_recurring(score, run["task_ids"])
@@ -195,8 +265,51 @@ def load_run(run_dir: str | Path) -> RunData:
             label=label, seeds=tuple(int(r["seed"]) for r in runs), score=np.stack(scores).astype(float),
             learn_seconds=tuple(tuple(r["learn_seconds"]) for r in runs),
             eval_seconds=tuple(tuple(r["eval_seconds"]) for r in runs),
-            peak_memory_mb=tuple(tuple(r["peak_memory_mb"]) for r in runs)))
+            peak_memory_mb=tuple(tuple(r["peak_memory_mb"]) for r in runs),
+            online=_online_runs(npz, arrays, label, runs) if online else None))
+    if online and len({s.online.scores.shape[1] for s in strategies}) > 1:
+        raise ReportError(f"{npz}: the strategies have online streams of different lengths")
     return RunData(run_dir.resolve().name, config, document, tuple(strategies))
+
+
+def _check_anytime(npz: Path, key: str, shape: tuple[int, ...], online: dict[str, Any]) -> None:
+    H, J = len(online["eval_batches"]), len(online["columns"])
+    if shape[:2] != (H, J):
+        raise ReportError(f"{npz}: array {key!r} has shape {shape}; expected ({H}, {J}, {shape[2]}): one row per "
+                          f"evaluation and one column per evaluation column that results.json lists")
+
+
+_ONLINE_ARRAYS = (("online_correct", "f", "score"), ("online_pool", "iu", "pool index"),
+                  ("online_switch", "b", "switch flag"))
+
+
+def _online_runs(npz: Path, arrays: dict[str, np.ndarray], label: str, runs: list[dict[str, Any]]) -> OnlineRuns:
+    """The per-batch records of every seed of ``label``, checked against the file contract."""
+    online = runs[0]["online"]
+    records: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in _ONLINE_ARRAYS}
+    for run in runs:
+        for name, kinds, what in _ONLINE_ARRAYS:
+            key = f"{label}/seed{run['seed']}/{name}"
+            if key not in arrays:
+                raise ReportError(f"{npz}: no array {key!r} for a run listed in results.json")
+            array = arrays[key]
+            if array.ndim != 1 or array.dtype.kind not in kinds or array.size == 0:
+                raise ReportError(f"{npz}: array {key!r} has shape {array.shape} ({array.dtype}); expected one "
+                                  f"{what} per batch")
+            records[name].append(array)
+        if len({records[name][-1].size for name in records}) > 1:
+            raise ReportError(f"{npz}: the online arrays of {label!r} seed {run['seed']} differ in length")
+        pools = records["online_pool"][-1]
+        if pools.min() < 0 or pools.max() >= len(online["pools"]):
+            raise ReportError(f"{npz}: array '{label}/seed{run['seed']}/online_pool' holds pool indices outside "
+                              f"0..{len(online['pools']) - 1} (results.json lists {len(online['pools'])} pools)")
+    if len({a.size for a in records["online_correct"]}) > 1:
+        raise ReportError(f"{npz}: the seeds of {label!r} have online streams of different lengths")
+    return OnlineRuns(
+        scores=np.stack(records["online_correct"]).astype(float),
+        pools=np.stack(records["online_pool"]).astype(np.int64), switches=np.stack(records["online_switch"]),
+        pool_names=tuple(online["pools"]), column_names=tuple(online["columns"]),
+        eval_batches=tuple(online["eval_batches"]), recovery_batches=len(online["recovery_curve"]))
 
 
 def to_display(values, regression: bool):
@@ -221,11 +334,14 @@ def mean_ci(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def per_seed_cost(runs: StrategyRuns) -> dict[str, np.ndarray]:
-    """Per seed: mean learn seconds per task, mean evaluation seconds per row, peak memory (MB)."""
+    """Per seed: mean learn seconds per task, mean evaluation seconds per row, the whole run's
+    learn and evaluation seconds (``total_seconds``), peak memory (MB)."""
     mean = lambda xs: float(np.mean(xs)) if xs else math.nan  # noqa: E731
     return {
         "learn_seconds": np.array([mean(s) for s in runs.learn_seconds]),
         "eval_seconds": np.array([mean(s) for s in runs.eval_seconds]),
+        "total_seconds": np.array([np.array([*learn, *evaluation], dtype=float).sum()  # a null (None) -> NaN
+                                   for learn, evaluation in zip(runs.learn_seconds, runs.eval_seconds)]),
         "peak_memory_mb": np.array([max(s) if s else math.nan for s in runs.peak_memory_mb]),
     }
 
@@ -255,3 +371,53 @@ def stat(summary: dict[str, Any], key: str, metric: str) -> tuple[float, float]:
     return value(entry.get("mean")), value(entry.get("ci95"))
 
 
+def online_stats(runs: StrategyRuns) -> dict[str, np.ndarray]:
+    """Per seed, the online metrics of one strategy of an online run, recomputed from its
+    per-batch records and anytime tensors (scores: higher is better).
+
+    Returns:
+        ``online_accuracy`` (seeds,), ``by_pool`` (seeds, pools), ``recovery_curve``
+        (seeds, n), ``recovery_auc`` (seeds,), ``forgetting`` and ``forgetting_kK`` (seeds,),
+        the anytime forgetting at k = 0 and k = K, and ``ood_drop`` (seeds,), the drop from
+        :func:`~simulator.online_metrics.reference_pool` to the other pools.
+    """
+    online = runs.online
+    K = runs.score.shape[-1] - 1
+    cumulative = [online_metrics.cumulative_accuracy(scores, pools, online.pool_names)
+                  for scores, pools in zip(online.scores, online.pools)]
+    curves = np.array([online_metrics.recovery_curve(scores, switches, online.recovery_batches)
+                       for scores, switches in zip(online.scores, online.switches)])
+    reference = online_metrics.reference_pool(online.pool_names)
+    return {
+        "online_accuracy": np.array([c["total"] for c in cumulative]),
+        "by_pool": np.array([[c["by_pool"][name] for name in online.pool_names] for c in cumulative]),
+        "recovery_curve": curves,
+        "recovery_auc": np.array([online_metrics.recovery_auc(curve) for curve in curves]),
+        "forgetting": np.array([online_metrics.anytime_forgetting(A, 0) for A in runs.score]),
+        "forgetting_kK": np.array([online_metrics.anytime_forgetting(A, K) for A in runs.score]),
+        "ood_drop": np.array([online_metrics.out_of_distribution_drop(c["by_pool"], reference) for c in cumulative]),
+    }
+
+
+def smoothing_window(length: int) -> int:
+    """The moving-average window of an online accuracy curve: a hundredth of the stream."""
+    return max(1, length // 100)
+
+
+def moving_average(values, window: int) -> np.ndarray:
+    """The trailing mean over the last ``window`` values along the last axis (over the values
+    so far at the start), same shape as ``values``. A window holding a non-finite value is NaN,
+    so a diverged stretch shows as a gap rather than as a number.
+
+    Example:
+        >>> moving_average([1.0, 0.0, 1.0, 1.0], 2).tolist()
+        [1.0, 0.5, 0.5, 1.0]
+    """
+    values = np.asarray(values, dtype=float)
+    bad = ~np.isfinite(values)
+    pad = [(0, 0)] * (values.ndim - 1) + [(1, 0)]
+    sums = np.pad(np.cumsum(np.where(bad, 0.0, values), axis=-1), pad)
+    bads = np.pad(np.cumsum(bad, axis=-1), pad)
+    end = np.arange(1, values.shape[-1] + 1)
+    start = np.maximum(end - window, 0)
+    return np.where(bads[..., end] > bads[..., start], np.nan, (sums[..., end] - sums[..., start]) / (end - start))

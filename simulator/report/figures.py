@@ -203,6 +203,28 @@ def stream_lines(matrices: Sequence[tuple[str, np.ndarray]], regression: bool):
     return fig
 
 
+def _line_with_band(ax, x, mean, ci, colour: str, label: str, regression: bool, log: bool = False,
+                    marker: str | None = "o", edges: bool = True) -> None:
+    """A strategy's mean curve and its 95% band (where the interval is finite), the band
+    outlined by thin ``edges``."""
+    mean, ci = _finite(mean), _finite(ci)
+    ax.plot(x, mean, color=colour, linewidth=1.8, marker=marker, markersize=3, label=plain(label))
+    band = np.isfinite(ci)
+    if not band.any():
+        return
+    # a band beyond what the score can be (accuracy outside [0, 1], a negative MSE) comes from
+    # the t interval with few seeds; clipping keeps the axis readable
+    low, high = (0.0, math.inf) if regression else (0.0, 1.0)
+    lower, upper = np.clip(mean - ci, low, high), np.clip(mean + ci, low, high)
+    if log:  # a band reaching 0 has no place on a log axis
+        band &= lower > 0
+        lower = np.where(band, lower, np.nan)
+    ax.fill_between(x, lower, upper, where=band, color=colour, alpha=0.12, linewidth=0)
+    # thin edges tell overlapping bands apart where their fills blend
+    for edge in (lower, upper) if edges else ():
+        ax.plot(x, edge, color=colour, linewidth=0.6, alpha=0.6)
+
+
 ADAPTATION_PANELS = (
     ("new", "new tasks, before learning them\nR[j, j, k]"),
     ("just_learned", "the task just learned\nR[j+1, j, k]"),
@@ -225,23 +247,8 @@ def adaptation_curves(curves: Sequence[tuple[str, dict[str, tuple[np.ndarray, np
     log = regression and _spans_decades([m for _, by_panel in curves for mean, _ in by_panel.values() for m in mean])
     for ax, (key, title) in zip(axes, ADAPTATION_PANELS):
         for label, by_panel in curves:
-            mean, ci = (_finite(a) for a in by_panel[key])
-            steps = np.arange(len(mean))
-            colour = colours[label]
-            ax.plot(steps, mean, color=colour, linewidth=1.8, marker="o", markersize=3, label=plain(label))
-            band = np.isfinite(ci)
-            if band.any():
-                # a band beyond what the score can be (accuracy outside [0, 1], a negative MSE)
-                # comes from the t interval with few seeds; clipping keeps the axis readable
-                low, high = (0.0, math.inf) if regression else (0.0, 1.0)
-                lower, upper = np.clip(mean - ci, low, high), np.clip(mean + ci, low, high)
-                if log:  # a band reaching 0 has no place on a log axis
-                    band &= lower > 0
-                    lower = np.where(band, lower, np.nan)
-                ax.fill_between(steps, lower, upper, where=band, color=colour, alpha=0.12, linewidth=0)
-                # thin edges tell overlapping bands apart where their fills blend
-                for edge in (lower, upper):
-                    ax.plot(steps, edge, color=colour, linewidth=0.6, alpha=0.6)
+            mean, ci = by_panel[key]
+            _line_with_band(ax, np.arange(len(mean)), mean, ci, colours[label], label, regression, log)
         ax.set_title(title)
         ax.set_xlabel("adaptation steps k")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -340,4 +347,130 @@ def comparison_bars(labels: Sequence[str], runs: Sequence[tuple[str, bool, dict[
             ax.set_title(plain(title) + "\n" + row_title if r == 0 else row_title)
             if c > 0:
                 ax.set_yticklabels([])
+    return fig
+
+
+def pool_colours(n: int):
+    """A light colour per pool (or evaluation column), distinct from the strategy palette's
+    strong colours so that a pool is never read as a strategy."""
+    import matplotlib
+
+    if n <= 8:
+        return [matplotlib.colormaps["Set2"](p) for p in range(n)]
+    return [matplotlib.colormaps["viridis"](0.9 * p / (n - 1)) for p in range(n)]
+
+
+@_styled
+def online_accuracy(x: np.ndarray, curves: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                    streams: Sequence[tuple[int, np.ndarray, np.ndarray]], pool_names: Sequence[str], window: int,
+                    regression: bool, colours: dict[str, str]):
+    """Online score over the stream, one line per strategy with its 95% band, above one strip
+    per seed that shows its stream: the pool of each stretch as a colour, each switch as a tick.
+
+    Args:
+        x: the batch index of each plotted point (the stream, possibly thinned).
+        curves: per strategy, ``(label, mean, ci95)`` at ``x``: the trailing moving average
+            over ``window`` batches, averaged over seeds.
+        streams: per seed, ``(seed, pools, switches)``: the pool index of every batch and the
+            indices of the batches that start a task.
+        pool_names: the names of the pool indices.
+        colours: the report's :func:`palette`.
+    """
+    from matplotlib.colors import ListedColormap, Normalize
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig = _figure(11.0, 3.6 + 0.22 * len(streams))
+    top, strip = fig.subplots(2, 1, sharex=True, height_ratios=[5.0, 0.5 + 0.35 * len(streams)])
+    for label, mean, ci in curves:
+        # no band edges: over a long noisy stream they would bury the means
+        _line_with_band(top, x, mean, ci, colours[label], label, regression, marker=None, edges=False)
+    top.set_ylabel(score_label(regression) + f",\nmoving average over {window} batch{'' if window == 1 else 'es'}")
+    if not regression:
+        top.set_ylim(-0.03, 1.03)
+    top.legend(loc="best", ncols=min(len(curves), 4), frameon=False)
+    fills = pool_colours(len(pool_names))
+    length = len(streams[0][1])
+    strip.imshow(np.stack([pools for _, pools, _ in streams]), cmap=ListedColormap(fills),
+                 norm=Normalize(-0.5, len(pool_names) - 0.5), aspect="auto", interpolation="nearest",
+                 extent=(-0.5, length - 0.5, len(streams) - 0.5, -0.5))
+    for row, (_, _, switches) in enumerate(streams):
+        # ticks over the top third of the row only: a long stream's switches would otherwise
+        # cover the pool colours
+        strip.vlines(switches, row - 0.5, row - 0.15, colors="#222222", linewidth=0.5)
+    strip.set_yticks(range(len(streams)))
+    strip.set_yticklabels([f"seed {seed}" for seed, _, _ in streams])
+    strip.grid(False)
+    strip.set_xlim(-0.5, length - 0.5)
+    strip.set_xlabel("batch")
+    handles = [Patch(color=c) for c in fills] + [Line2D([], [], color="#222222", linewidth=0.8)]
+    fig.legend(handles, [plain(name) for name in pool_names] + ["task switch"], loc="outside lower center",
+               ncols=len(handles), frameon=False)
+    return fig
+
+
+@_styled
+def recovery_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], regression: bool,
+                    colours: dict[str, str]):
+    """The online score against the number of batches since the last switch, one line per
+    strategy with its 95% band over seeds.
+
+    Args:
+        curves: per strategy, ``(label, mean, ci95)`` of length n (distances 0..n-1).
+        colours: the report's :func:`palette`.
+    """
+    fig = _figure(7.5, 3.6)
+    ax = fig.subplots()
+    for label, mean, ci in curves:
+        _line_with_band(ax, np.arange(len(mean)), mean, ci, colours[label], label, regression)
+    ax.set_xlabel("batches since the last task switch (0: the switch batch, before any of its labels)")
+    ax.set_ylabel("online " + score_label(regression))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if not regression:
+        ax.set_ylim(-0.03, 1.03)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right center", frameon=False)
+    return fig
+
+
+@_styled
+def anytime_lines(panels: Sequence[tuple[str, np.ndarray]], x: Sequence[int], column_names: Sequence[str], K: int,
+                  regression: bool):
+    """The anytime tensor along the stream: each evaluation column's score at each evaluation,
+    one panel per strategy; solid as is (k = 0), dashed after K adaptation steps.
+
+    Args:
+        panels: per strategy, ``(label, A)`` with A of shape (H, J, K+1), averaged over seeds.
+        x: per row h, the batch after which it was evaluated.
+        column_names: the J columns (pools or tasks).
+    """
+    from matplotlib.lines import Line2D
+
+    rows, cols = _grid(len(panels))
+    J = len(column_names)
+    fig = _figure(min(3.6 * cols + 1.6, 12.5), 2.8 * rows + 0.3)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    colours = pool_colours(J)
+    marker = "o" if len(x) <= 50 else None
+    for ax, (label, A) in zip(axes.flat, panels):
+        A = _finite(A)
+        for j in range(J):
+            ax.plot(x, A[:, j, 0], color=colours[j], linewidth=1.8, marker=marker, markersize=3)
+            if K:
+                ax.plot(x, A[:, j, K], color=colours[j], linewidth=1.2, linestyle=(0, (3, 2)))
+        ax.set_title(plain(label))
+        ax.set_xlabel("batches seen")
+        if not regression:
+            ax.set_ylim(-0.03, 1.03)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(score_label(regression))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=colours[j], linewidth=1.8) for j in range(J)] if J <= 12 else []
+    names = [plain(name) for name in column_names] if J <= 12 else []
+    handles.append(Line2D([], [], color="grey", linewidth=1.8))
+    names.append("as is (k = 0)")
+    if K:
+        handles.append(Line2D([], [], color="grey", linewidth=1.2, linestyle=(0, (3, 2))))
+        names.append(f"after {K} adaptation steps (k = {K})")
+    fig.legend(handles, names, loc="outside right center", frameon=False)
     return fig
