@@ -314,3 +314,59 @@ def test_bad_online_experiments_are_refused_before_anything_is_written(tmp_path,
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+class _StopAfter:
+    """A progress hook that requests a stop after ``n`` online batches (as SIGINT would)."""
+
+    def __init__(self, stop, n):
+        self.stop, self.n = stop, n
+
+    def online_start(self, done, length):
+        pass
+
+    def online_step(self, done, correct):
+        if done == self.n:
+            self.stop.requested = True
+
+    def task_loop(self, loop, task, name):
+        pass
+
+    def step(self, loop):
+        pass
+
+
+ONLINE_STRATEGIES = [("finetune", {"lr": 0.05}), ("protomemory", {"embedding_dim": 8, "meta_iterations": 2}),
+                     ("matching", {"embedding_dim": 8, "meta_iterations": 2}),
+                     ("maml", {"meta_iterations": 2, "online_adaptation": "reset"}),
+                     ("maml", {"meta_iterations": 2, "online_adaptation": "accumulate", "anil": True}),
+                     ("maml", {"meta_iterations": 2, "online_adaptation": "frozen"}),
+                     ("metasgd", {"meta_iterations": 2}), ("reptile", {"meta_iterations": 2})]
+
+
+@pytest.mark.parametrize("name, params", ONLINE_STRATEGIES, ids=lambda v: str(v))
+def test_every_online_strategy_resumes_mid_stream_bit_identical(tmp_path, name, params):
+    import scenarios
+    import strategies
+    from simulator.runner import Interrupted, StopRequest
+
+    stream = scenarios.build("switching-sinusoid", {"length": 40, "hazard": 0.2}, seed=0) \
+        if name in ("maml", "metasgd", "reptile", "finetune") else \
+        scenarios.build("online", {"source": "split-digits", "source_params": {"num_tasks": 2}}, seed=0)
+
+    def fresh():
+        strategy = strategies.build(name, params)
+        torch.manual_seed(0)
+        return strategy, strategies.build_model("mlp", {"hidden": [8]}, strategy.model_spec(stream.spec))
+
+    settings, online = EvalSettings(episodes=3, adapt_steps=1), OnlineSettings(eval_every=15)
+    clean = run_online(stream, *fresh(), seed=0, settings=settings, online=online)
+    assert np.isfinite(clean.online["correct"]).all()
+    checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
+    with pytest.raises(Interrupted, match="stopped after batch 11"):
+        run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
+                   identity={"test": 1}, stop=stop, progress=_StopAfter(stop, 11))
+    resumed = run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
+                         identity={"test": 1}, resume=True)
+    assert resumed.online["correct"].tobytes() == clean.online["correct"].tobytes()
+    assert resumed.acc.tobytes() == clean.acc.tobytes() and resumed.loss.tobytes() == clean.loss.tobytes()
