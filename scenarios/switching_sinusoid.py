@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from scenarios import sinusoid
-from scenarios.base import Params, StreamSpec, generator
+from scenarios.base import Params, generator
 from scenarios.online import BOUNDARIES_HELP, Boundaries, OnlineFamily, OnlineStream, Switching, switching
 
 _SALT_TASK, _SALT_BATCH = 50, 51

@@ -118,16 +118,7 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
 
         position = state.restore() if resume and checkpoint is not None and checkpoint.exists() else 0
         for i in range(position, len(pretrain)):
-            state.begin_task(i, f"pre-training: {pretrain[i].name}")
-            try:
-                logs = strategy.learn(pretrain[i].training_view())
-                _sync(device)
-            except BaseException:
-                strategy.loop_factory = None
-                raise
-            result.learn_seconds.append(state.end_task())
-            result.logs.append(logs)
-            result.peak_memory_mb.append(_peak_memory_mb(device))
+            state.learn(i, pretrain[i], f"pre-training: {pretrain[i].name}")
             state.save(i + 1)
             if stop is not None and stop.requested:
                 raise Interrupted(f"stopped after pre-training task {i}; checkpoint saved")

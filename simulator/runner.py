@@ -199,6 +199,22 @@ class _Run:
             raise CheckpointError(f"checkpoint {self.path} does not fit this run ({type(err).__name__}: {err}); "
                                   f"delete it to restart that run from its beginning") from None
 
+    def learn(self, i: int, task, name: str) -> None:
+        """Let the strategy learn ``task`` (the i-th of its loop, resumed inside it when the
+        checkpoint was taken there); record its logs, learn time and peak memory."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.begin_task(i, name)
+        try:
+            logs = self.strategy.learn(task.training_view())
+            _sync(self.device)
+        except BaseException:
+            self.strategy.loop_factory = None
+            raise
+        self.result.learn_seconds.append(self.end_task())
+        self.result.logs.append(logs)
+        self.result.peak_memory_mb.append(_peak_memory_mb(self.device))
+
     def begin_task(self, i: int, name: str) -> None:
         self.task, self.task_name = i, name
         self.task_started = time.perf_counter()
@@ -309,18 +325,7 @@ def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, setting
         else:
             evaluate_row(0)
         for i in range(first, T):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            state.begin_task(i, stream[i].name)
-            try:
-                logs = strategy.learn(stream[i].training_view())
-                _sync(device)
-            except BaseException:
-                strategy.loop_factory = None
-                raise
-            result.learn_seconds.append(state.end_task())
-            result.logs.append(logs)
-            result.peak_memory_mb.append(_peak_memory_mb(device))
+            state.learn(i, stream[i], stream[i].name)
             evaluate_row(i + 1)
             state.save(i + 1)
             if on_task is not None:
