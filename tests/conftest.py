@@ -38,3 +38,30 @@ def private_signing_key(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIFELONG_KEY_DIR", str(folder))
         yield folder
+
+
+class StopAfterBatches:
+    """A progress hook for ``run_online`` that requests a stop (as SIGINT would) once ``n``
+    online batches are done; the runner then checkpoints and raises ``Interrupted``."""
+
+    def __init__(self, stop, n: int):
+        self.stop, self.n = stop, n
+
+    def online_start(self, done: int, length: int) -> None:
+        pass
+
+    def online_step(self, done: int, correct) -> None:
+        if done == self.n:
+            self.stop.requested = True
+
+    def task_loop(self, loop, task: int, name: str) -> None:
+        pass
+
+    def step(self, loop) -> None:
+        pass
+
+
+@pytest.fixture
+def stop_after_batches():
+    """``stop_after_batches(stop, n)``: a :class:`StopAfterBatches` hook."""
+    return StopAfterBatches

@@ -316,26 +316,6 @@ def test_bad_online_experiments_are_refused_before_anything_is_written(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-class _StopAfter:
-    """A progress hook that requests a stop after ``n`` online batches (as SIGINT would)."""
-
-    def __init__(self, stop, n):
-        self.stop, self.n = stop, n
-
-    def online_start(self, done, length):
-        pass
-
-    def online_step(self, done, correct):
-        if done == self.n:
-            self.stop.requested = True
-
-    def task_loop(self, loop, task, name):
-        pass
-
-    def step(self, loop):
-        pass
-
-
 ONLINE_STRATEGIES = [("finetune", {"lr": 0.05}), ("protomemory", {"embedding_dim": 8, "meta_iterations": 2}),
                      ("matching", {"embedding_dim": 8, "meta_iterations": 2}),
                      ("maml", {"meta_iterations": 2, "online_adaptation": "reset"}),
@@ -345,7 +325,7 @@ ONLINE_STRATEGIES = [("finetune", {"lr": 0.05}), ("protomemory", {"embedding_dim
 
 
 @pytest.mark.parametrize("name, params", ONLINE_STRATEGIES, ids=lambda v: str(v))
-def test_every_online_strategy_resumes_mid_stream_bit_identical(tmp_path, name, params):
+def test_every_online_strategy_resumes_mid_stream_bit_identical(tmp_path, name, params, stop_after_batches):
     import scenarios
     import strategies
     from simulator.runner import Interrupted, StopRequest
@@ -365,7 +345,7 @@ def test_every_online_strategy_resumes_mid_stream_bit_identical(tmp_path, name, 
     checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
     with pytest.raises(Interrupted, match="stopped after batch 11"):
         run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                   identity={"test": 1}, stop=stop, progress=_StopAfter(stop, 11))
+                   identity={"test": 1}, stop=stop, progress=stop_after_batches(stop, 11))
     resumed = run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
                          identity={"test": 1}, resume=True)
     assert resumed.online["correct"].tobytes() == clean.online["correct"].tobytes()

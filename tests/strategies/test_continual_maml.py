@@ -139,20 +139,6 @@ def _online_run(stream, params):
                       online=OnlineSettings(eval_every=15))
 
 
-class _StopAfter:
-    """A progress hook that requests a stop after ``n`` online batches (as SIGINT would)."""
-
-    def __init__(self, stop, n):
-        self.stop, self.n = stop, n
-
-    def online_step(self, done, correct):
-        if done == self.n:
-            self.stop.requested = True
-
-    def __getattr__(self, name):   # online_start, task_loop, step: nothing to do
-        return lambda *args: None
-
-
 PARAMS = {"meta_iterations": 2, "inner_lr": 0.01, "gamma": 0.5}
 
 
@@ -167,7 +153,7 @@ def test_two_runs_are_hash_identical(one_thread):
 
 
 @pytest.mark.parametrize("stop_after", [11, 13])   # 11: just after a detected switch; 13: two batches buffered
-def test_resumes_mid_stream_bit_identical(tmp_path, one_thread, stop_after):
+def test_resumes_mid_stream_bit_identical(tmp_path, one_thread, stop_after, stop_after_batches):
     import scenarios
     from simulator.runner import Interrupted, StopRequest
 
@@ -184,7 +170,7 @@ def test_resumes_mid_stream_bit_identical(tmp_path, one_thread, stop_after):
     checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
     with pytest.raises(Interrupted, match=f"stopped after batch {stop_after}"):
         run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                   identity={"test": 1}, stop=stop, progress=_StopAfter(stop, stop_after))
+                   identity={"test": 1}, stop=stop, progress=stop_after_batches(stop, stop_after))
     resumed = run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
                          identity={"test": 1}, resume=True)
     assert resumed.online["correct"].tobytes() == clean.online["correct"].tobytes()

@@ -155,27 +155,7 @@ def test_one_step_matches_avalanche_lamaml_v2(sync):
         torch.testing.assert_close(a, b.detach(), atol=1e-10, rtol=0)
 
 
-class _StopAfter:
-    """A progress hook that requests a stop after ``n`` online batches (as SIGINT would)."""
-
-    def __init__(self, stop, n):
-        self.stop, self.n = stop, n
-
-    def online_start(self, done, length):
-        pass
-
-    def online_step(self, done, correct):
-        if done == self.n:
-            self.stop.requested = True
-
-    def task_loop(self, loop, task, name):
-        pass
-
-    def step(self, loop):
-        pass
-
-
-def _online_run(tmp_path=None, stop_after=None, resume=False):
+def _online_run(tmp_path=None, stop=None, progress=None, resume=False):
     import scenarios
     from simulator.evaluator import EvalSettings
     from simulator.online import OnlineSettings, run_online
@@ -188,9 +168,8 @@ def _online_run(tmp_path=None, stop_after=None, resume=False):
     kwargs = {}
     if tmp_path is not None:
         kwargs = {"checkpoint": tmp_path / "ckpt.pt", "identity": {"test": 1}, "resume": resume}
-    if stop_after is not None:
-        kwargs["stop"] = stop_after[0]
-        kwargs["progress"] = _StopAfter(stop_after[0], stop_after[1])
+    if stop is not None:
+        kwargs.update(stop=stop, progress=progress)
     return run_online(stream, strategy, model, seed=0, settings=EvalSettings(episodes=3, adapt_steps=1),
                       online=OnlineSettings(eval_every=8), **kwargs)
 
@@ -202,12 +181,13 @@ def test_two_runs_are_bit_identical():
     assert a.acc.tobytes() == b.acc.tobytes() and a.loss.tobytes() == b.loss.tobytes()
 
 
-def test_resumes_mid_stream_bit_identical(tmp_path):
+def test_resumes_mid_stream_bit_identical(tmp_path, stop_after_batches):
     from simulator.runner import Interrupted, StopRequest
 
     clean = _online_run()
+    stop = StopRequest()
     with pytest.raises(Interrupted, match="stopped after batch 11"):
-        _online_run(tmp_path, stop_after=(StopRequest(), 11))
+        _online_run(tmp_path, stop=stop, progress=stop_after_batches(stop, 11))
     resumed = _online_run(tmp_path, resume=True)
     assert resumed.online["correct"].tobytes() == clean.online["correct"].tobytes()
     assert resumed.acc.tobytes() == clean.acc.tobytes() and resumed.loss.tobytes() == clean.loss.tobytes()

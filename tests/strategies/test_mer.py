@@ -249,19 +249,7 @@ def test_state_dict_round_trip_resumes_bit_identically():
     assert _hash(strategy.state_dict()) == _hash(other.state_dict()) == _hash(_run(0))
 
 
-class _StopAfter:
-    def __init__(self, stop, n):
-        self.stop, self.n = stop, n
-
-    def online_start(self, done, length):
-        pass
-
-    def online_step(self, done, correct):
-        if done == self.n:
-            self.stop.requested = True
-
-
-def test_resumes_mid_stream_bit_identical(tmp_path):
+def test_resumes_mid_stream_bit_identical(tmp_path, stop_after_batches):
     from simulator.evaluator import EvalSettings
     from simulator.online import OnlineSettings, run_online
     from simulator.runner import Interrupted, StopRequest
@@ -280,7 +268,7 @@ def test_resumes_mid_stream_bit_identical(tmp_path):
     checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
     with pytest.raises(Interrupted, match="stopped after batch 5"):
         run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                   identity={"test": 1}, stop=stop, progress=_StopAfter(stop, 5))
+                   identity={"test": 1}, stop=stop, progress=stop_after_batches(stop, 5))
     resumed = run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
                          identity={"test": 1}, resume=True)
     assert np.isfinite(clean.online["correct"]).all()
