@@ -87,9 +87,6 @@ class RunDirError(ValueError):
     run directory): ``str(err)`` is one paragraph saying what is wrong and what to do."""
 
 
-ResumeError = RunDirError  # the name earlier versions raised
-
-
 def ensure_writable(out_dir: Path) -> None:
     """Create ``out_dir`` and prove a file can be written there; ``OSError`` otherwise."""
     out_dir.mkdir(parents=True, exist_ok=True)

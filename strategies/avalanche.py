@@ -89,7 +89,6 @@ import contextlib
 import copy
 import hashlib
 import hmac
-import io
 import os
 import random
 import secrets
@@ -294,11 +293,12 @@ class AvalancheStrategy(Strategy):
         this user's (see :func:`verify`), a ``ValueError`` otherwise."""
         from strategies import avalanche_runtime as rt
 
-        blob = state["avalanche"]
-        verify(blob, state.get("avalanche_mac"))
+        # Refuse before touching any state; rt.load_state checks again where it unpickles.
+        verify(state["avalanche"], state.get("avalanche_mac"))
         super().load_state_dict(state)
         self.avalanche.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        rt.load_state(self.avalanche, io.BytesIO(blob), self.memory_attributes, self.monitor)
+        rt.load_state(self.avalanche, state["avalanche"], state["avalanche_mac"], self.memory_attributes,
+                      self.monitor)
 
 
 def signing_key() -> bytes:

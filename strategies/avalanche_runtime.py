@@ -201,10 +201,19 @@ def save_state(strategy, memory_attributes: tuple[str, ...], monitor: LossMonito
     return buffer.getvalue()
 
 
-def load_state(strategy, file: io.BytesIO, memory_attributes: tuple[str, ...], monitor: LossMonitor) -> None:
+def load_state(strategy, blob: bytes, mac: str | None, memory_attributes: tuple[str, ...],
+               monitor: LossMonitor) -> None:
     """Put state written by :func:`save_state` into a freshly built strategy of the same class
-    and options (tensors come back on the device they were saved from)."""
-    payload = torch.load(file, weights_only=False)  # our own serialised objects
+    and options (tensors come back on the device they were saved from).
+
+    The pickle is read only when ``mac`` is this user's signature of ``blob``
+    (:func:`strategies.avalanche.verify`, a ``ValueError`` otherwise): unpickling runs code
+    named in the data, so a file crafted elsewhere must never get that far.
+    """
+    from strategies.avalanche import verify
+
+    verify(blob, mac)
+    payload = torch.load(io.BytesIO(blob), weights_only=False)  # signed by this user: our own objects
     plugins = _stateful_plugins(strategy, monitor)
     if len(plugins) != len(payload["plugins"]):
         raise ValueError(f"the saved state has {len(payload['plugins'])} plugins; this strategy has {len(plugins)}")
