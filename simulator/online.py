@@ -97,6 +97,7 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
         evaluator = Evaluator(columns, settings, seed, device)
         length, K = len(stream), settings.adapt_steps
         points = evaluation_points(length, online.eval_every)
+        row_after = {done: h for h, done in enumerate(points)}  # a dict: looked up every batch
         meta = stream.meta()
         result = RunResult(strategy.label, seed, stream.spec.kind,
                            acc=np.full((len(points), columns.num_columns, K + 1), np.nan),
@@ -137,9 +138,9 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
             correct[t] = batch_score(strategy.predict_online(x), y, stream.spec.kind)
             strategy.observe(x, y, batch.task if given else None)
             done = t + 1
-            if done in points:
+            if done in row_after:
                 evaluating = time.perf_counter()
-                evaluate_row(points.index(done))
+                evaluate_row(row_after[done])
                 started += time.perf_counter() - evaluating  # online_seconds: the loop alone
             if progress is not None:
                 progress.online_step(done, correct)
