@@ -92,10 +92,10 @@ def stream_params(dataset: str, args) -> dict[str, Any]:
             "boundaries": "hidden"}
 
 
-def build_model(spec, seed: int) -> torch.nn.Module:
+def build_model(spec, seed: int, init: str) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # as the runner: the initial weights come from the seed
-        return strategies.build_model("mlp", {"hidden": [100, 100]}, spec)
+        return strategies.build_model("mlp", {"hidden": [100, 100], "init": init}, spec)
 
 
 @torch.no_grad()
@@ -117,7 +117,7 @@ def run_native(method: str, dataset: str, seed: int, args) -> dict[str, Any]:
     tests = [c.test.examples() for c in stream.columns]
     params = strategy_params(method, dataset, args)
     strategy = strategies.build("mer" if method == "mer" else "lamaml", params)
-    strategy.setup(build_model(stream.spec, seed), stream.spec, "cpu", seed=seed)
+    strategy.setup(build_model(stream.spec, seed, args.init), stream.spec, "cpu", seed=seed)
     tasks = stream.meta()["task"]
     R = [score_row(strategy.model, tests)]
     start, update = time.perf_counter(), 0.0
@@ -148,7 +148,7 @@ def run_avalanche(method: str, dataset: str, seed: int, args) -> dict[str, Any]:
     name, params = ("avalanche.MER", {}) if method == "mer" else \
         ("avalanche.LaMAML", avalanche_params(method, dataset, args))
     strategy = strategies.build(name, params)
-    strategy.setup(build_model(stream.spec, seed), stream.spec, "cpu", seed=seed)
+    strategy.setup(build_model(stream.spec, seed, args.init), stream.spec, "cpu", seed=seed)
     R = [score_row(strategy.model, tests)]
     start, update, batches = time.perf_counter(), 0.0, 0
     for task in stream.columns:
@@ -167,7 +167,7 @@ def summary(impl, method, dataset, seed, args, R, wall, per_batch, batches, para
     return {"impl": impl, "method": method, "dataset": dataset, "seed": seed, "budget": args.budget,
             "RA": 100 * final_accuracy(R), "LA": 100 * learning_accuracy(R), "BTI": 100 * backward_transfer(R),
             "published_RA": PUBLISHED_RA.get((method, dataset)) if impl == "native" else None,
-            "wall_s": round(wall, 1), "s_per_batch": per_batch, "batches": batches, "params": params,
+            "init": args.init, "wall_s": round(wall, 1), "s_per_batch": per_batch, "batches": batches, "params": params,
             "device": "cpu", "device_name": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
             "threads": torch.get_num_threads(), "load": [round(x, 2) for x in os.getloadavg()],
             "torch": torch.__version__, "R": R.tolist()}
@@ -189,6 +189,8 @@ def main() -> None:
     p.add_argument("--budget", choices=["paper", "cpu"], default="paper")
     p.add_argument("--tasks", type=int, default=20, help="tasks of the stream (20 in the papers)")
     p.add_argument("--first-order", action="store_true", help="first-order meta-gradients (the authors' MNIST runs)")
+    p.add_argument("--init", choices=["kaiming_normal", "pytorch"], default="kaiming_normal",
+                   help="the MLP's initial weights (the authors' code: Kaiming normal, zero biases)")
     p.add_argument("--avalanche", action="store_true", help="also run avalanche-lib's LaMAML (and MER) on each row")
     p.add_argument("--no-native", action="store_true", help="run only avalanche-lib's rows")
     p.add_argument("--threads", type=int, default=1)

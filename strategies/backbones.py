@@ -37,11 +37,13 @@ updates made it fail under ``vmap`` anyway).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import nn
+from torch import Tensor, nn
+from torch.func import functional_call
 
 from scenarios.base import Params, StreamSpec
 
@@ -49,6 +51,9 @@ from scenarios.base import Params, StreamSpec
 class MLPParams(Params):
     hidden: list[int] = Field([100, 100], description="widths of the hidden layers")
     activation: Literal["relu", "tanh"] = Field("relu", description="hidden-layer non-linearity")
+    init: Literal["pytorch", "kaiming_normal"] = Field(
+        "pytorch", description="initial weights: PyTorch's nn.Linear default, or Kaiming-normal weights "
+                               "(fan in) with zero biases, as La-MAML's code and avalanche-lib's LaMAML")
 
     @field_validator("hidden")
     @classmethod
@@ -70,7 +75,7 @@ class MLP(nn.Sequential):
     Params = MLPParams
 
     def __init__(self, input_shape: tuple[int, ...], output_size: int, hidden: list[int] = (100, 100),
-                 activation: str = "relu"):
+                 activation: str = "relu", init: str = "pytorch"):
         act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
@@ -79,10 +84,17 @@ class MLP(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, output_size))
         super().__init__(*layers)
+        if init == "kaiming_normal":
+            for layer in self:
+                if isinstance(layer, nn.Linear):
+                    nn.init.kaiming_normal_(layer.weight)
+                    nn.init.zeros_(layer.bias)
+        elif init != "pytorch":
+            raise ValueError(f"unknown init {init!r}: use 'pytorch' or 'kaiming_normal'")
 
     @classmethod
     def from_params(cls, params: MLPParams, spec: StreamSpec) -> "MLP":
-        return cls(spec.input_shape, spec.output_size, params.hidden, params.activation)
+        return cls(spec.input_shape, spec.output_size, params.hidden, params.activation, params.init)
 
     @classmethod
     def input_problem(cls, params: MLPParams, input_shape: tuple[int, ...]) -> str | None:
@@ -314,3 +326,58 @@ def use_exact_norms(model: nn.Module) -> nn.Module:
             if isinstance(child, (nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)):
                 setattr(module, child_name, SampleStatNorm.replacing(child))
     return model
+
+
+_DIRECT_LAYERS = (nn.Flatten, nn.Linear, nn.ReLU, nn.Tanh, nn.Identity)
+
+
+def functional_forward(model: nn.Module) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+    """A function ``f(params, x)`` with the value and gradients of ``functional_call(model, params, (x,))``.
+
+    ``params`` maps the names of ``model.named_parameters()`` to tensors (fast weights). For a
+    plain ``nn.Sequential`` of ``Flatten``, ``Linear``, ``ReLU``, ``Tanh`` and ``Identity`` layers
+    without hooks (the ``mlp`` backbone) it is a direct chain of ``F.linear`` calls; any other
+    model goes through ``functional_call`` with the model's buffers. Why: the strategies that
+    step through examples one at a time (La-MAML, MER, OML) call the forward hundreds of times
+    per batch on tiny inputs, and ``functional_call``'s swapping of every parameter into the
+    module and back (about 0.1 ms a call) is then most of the cost. The model's structure is
+    read once, here: build the function again after changing the model.
+
+    Example:
+        >>> mlp = MLP((4,), 3, hidden=[5])
+        >>> x = torch.randn(2, 4)
+        >>> torch.equal(functional_forward(mlp)(dict(mlp.named_parameters()), x), mlp(x))
+        True
+    """
+    direct = (type(model) in (nn.Sequential, MLP)
+              and all(type(m) in _DIRECT_LAYERS and not (m._forward_hooks or m._forward_pre_hooks)
+                      for m in model)
+              and not (model._forward_hooks or model._forward_pre_hooks))
+    if not direct:
+        buffers = dict(model.named_buffers())
+        return lambda params, x: functional_call(model, (params, buffers), (x,))
+    steps: list[tuple[str, object]] = []
+    for name, layer in model.named_children():
+        if isinstance(layer, nn.Linear):
+            steps.append(("linear", (f"{name}.weight", f"{name}.bias" if layer.bias is not None else None)))
+        elif isinstance(layer, nn.Flatten):
+            steps.append(("flatten", (layer.start_dim, layer.end_dim)))
+        elif isinstance(layer, nn.ReLU):
+            steps.append(("relu", None))
+        elif isinstance(layer, nn.Tanh):
+            steps.append(("tanh", None))
+
+    def forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        for kind, arg in steps:
+            if kind == "linear":
+                weight, bias = arg
+                x = F.linear(x, params[weight], None if bias is None else params[bias])
+            elif kind == "flatten":
+                x = x.flatten(*arg)
+            elif kind == "relu":
+                x = F.relu(x)
+            else:
+                x = torch.tanh(x)
+        return x
+
+    return forward

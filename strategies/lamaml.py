@@ -24,10 +24,12 @@ Variants (as in the paper, section 5 and Table 1):
 The meta-gradient is exact second order (the inner gradients stay in the graph) unless
 ``first_order``, where they count as constants: ``dL/dtheta_0`` is then ``dL/dtheta_k`` and
 ``dL/dalpha`` is still exact. The inner steps are sequential by nature (item n+1 starts from
-the weights after item n); what can be vectorised is: the ``trajectory`` meta-loss, taken at
-all k fast weights of the inner loop, is one ``vmap`` over the stacked fast weights, and
-evaluation-time adaptation is vectorised over episodes (:meth:`Strategy.gradient_adapt`) with
-the learned rates.
+the weights after item n), so the speed comes from elsewhere: an ``mlp`` runs as a direct chain
+of ``F.linear`` calls (:func:`~strategies.backbones.functional_forward`) instead of
+``functional_call``, the updates are ``torch._foreach`` operations, and evaluation-time
+adaptation is vectorised over episodes (:meth:`Strategy.gradient_adapt`) with the learned
+rates. (A ``vmap`` of the ``trajectory`` meta-loss over the stacked fast weights gives the same
+value but a slower backward.)
 
 Defaults are the authors' MNIST Rotations settings for La-MAML (``run_experiments.sh`` of
 github.com/montrealrobotics/La-MAML): ``glances = 5``, ``batch_size = 10``, ``memory_size = 200``,
@@ -52,9 +54,11 @@ Where this differs from the authors' code:
 
 - Their MNIST runs are first order (``--second_order`` is not passed); the default here is the
   paper's exact second order (``first_order = true`` gives theirs).
-- ``--use_old_task_memory``: they replay only from the memory as it was at the start of the
-  current task, which needs task boundaries; the streams here hide them, so replay draws from
-  the current reservoir (their behaviour on the first task).
+- ``--use_old_task_memory`` reads as replay from the memory as it was at the start of the
+  current task, but their code binds ``self.M = self.M_new`` (the same list, not a copy), so it
+  replays from the live reservoir, as here; the streams here need no task boundaries for it.
+- Their MLP starts from Kaiming-normal weights and zero biases: ``mlp`` with ``init =
+  "kaiming_normal"`` (the default ``"pytorch"`` init is PyTorch's ``nn.Linear`` one).
 - Their memory sample may repeat an item (``shuffle`` then index per draw); here it draws
   distinct items. Their inner-loop ``torch.clamp`` of the gradients discards its result (a
   no-op); none here either.
@@ -87,9 +91,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
 from scenarios.base import StreamSpec, Support
+from strategies.backbones import functional_forward
 from strategies.base import AdaptState, Strategy, StrategyConfig, check_finite
 from strategies.replay import ReservoirBuffer
 
@@ -146,6 +150,7 @@ class LaMAML(Strategy):
         self.alpha = {n: torch.full_like(p, c.alpha_init).detach() for n, p in self.model.named_parameters()}
         memory_seed = int(torch.randint(2 ** 62, (1,), generator=self.generator))
         self.memory = ReservoirBuffer(c.memory_size, torch.Generator().manual_seed(memory_seed))
+        self.forward = functional_forward(self.model)
 
     # -- the update --------------------------------------------------------------------------
     def observe(self, x: Tensor, y: Tensor, task: int | None = None) -> dict[str, Any]:
@@ -173,41 +178,42 @@ class LaMAML(Strategy):
         c = self.config
         learn_rates = not c.fixed_lr
         params = dict(self.model.named_parameters())
-        buffers = dict(self.model.named_buffers())
-        alpha = {n: a.requires_grad_(learn_rates) for n, a in self.alpha.items()}
-        rates = {n: F.relu(a) for n, a in alpha.items()}
+        names, weights = list(params), list(params.values())
+        alpha = [self.alpha[n].requires_grad_(learn_rates) for n in names]
+        rates = [F.relu(a) for a in alpha]
+        forward = self.forward
 
-        def loss_at(p: dict[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
-            return self.loss(functional_call(self.model, (p, buffers), (inputs,)), targets)
+        def loss_at(fast: list[Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
+            return self.loss(forward(dict(zip(names, fast)), inputs), targets)
 
-        fast, trajectory = params, []
+        fast, meta_losses = weights, []
         for n in range(len(x)):
             inner = loss_at(fast, x[n:n + 1], y[n:n + 1])
-            grads = torch.autograd.grad(inner, list(fast.values()), create_graph=not c.first_order)
-            fast = {k: p - rates[k] * g for (k, p), g in zip(fast.items(), grads)}
-            trajectory.append(fast)
-        if c.meta_loss == "final" or len(trajectory) == 1:
-            meta = loss_at(fast, meta_x, meta_y)
-        else:  # the k meta-losses in one batched forward over the stacked fast weights
-            stacked = {k: torch.stack([f[k] for f in trajectory]) for k in params}
-            meta = vmap(loss_at, in_dims=(0, None, None))(stacked, meta_x, meta_y).mean()
+            grads = torch.autograd.grad(inner, fast, create_graph=not c.first_order)
+            fast = torch._foreach_sub(fast, torch._foreach_mul(grads, rates))
+            if c.meta_loss == "trajectory" or n == len(x) - 1:
+                meta_losses.append(loss_at(fast, meta_x, meta_y))
+        # The trajectory meta-loss as separate forwards, not one vmap over the stacked fast
+        # weights: the same value, and its backward is about a quarter cheaper on an MLP.
+        meta = meta_losses[0] if len(meta_losses) == 1 else torch.stack(meta_losses).mean()
 
-        weights = list(params.values())
         if learn_rates:
-            grads = torch.autograd.grad(meta, weights + list(alpha.values()))
-            weight_grads, rate_grads = grads[:len(weights)], grads[len(weights):]
+            grads = torch.autograd.grad(meta, weights + alpha)
+            weight_grads, rate_grads = list(grads[:len(weights)]), list(grads[len(weights):])
         else:
-            weight_grads, rate_grads = torch.autograd.grad(meta, weights), ()
-        weight_grads = clip_total_norm(list(weight_grads), c.grad_clip_norm)
+            weight_grads, rate_grads = list(torch.autograd.grad(meta, weights)), []
+        weight_grads = clip_total_norm(weight_grads, c.grad_clip_norm)
         with torch.no_grad():
             if learn_rates:
-                rate_grads = clip_total_norm(list(rate_grads), c.grad_clip_norm)
-                self.alpha = {n: (a - c.alpha_lr * g).detach() for (n, a), g in zip(alpha.items(), rate_grads)}
+                rate_grads = clip_total_norm(rate_grads, c.grad_clip_norm)
+                alpha = [(a - c.alpha_lr * g).detach() for a, g in zip(alpha, rate_grads)]
             else:
-                self.alpha = {n: a.detach() for n, a in alpha.items()}
-            for (n, p), g in zip(params.items(), weight_grads):
-                step = c.weight_lr * g if (c.sync or c.fixed_lr) else F.relu(self.alpha[n]) * g
-                p.sub_(step)
+                alpha = [a.detach() for a in alpha]
+            self.alpha = dict(zip(names, alpha))
+            if c.sync or c.fixed_lr:
+                torch._foreach_sub_(weights, torch._foreach_mul(weight_grads, c.weight_lr))
+            else:
+                torch._foreach_sub_(weights, torch._foreach_mul(weight_grads, [F.relu(a) for a in alpha]))
         return meta.detach()
 
     # -- evaluation, checkpoints ----------------------------------------------------------------
