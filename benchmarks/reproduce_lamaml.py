@@ -5,7 +5,9 @@ Protocol (MER's MNIST Rotations and Permutations, as La-MAML uses them): the ``o
 with ``source = "rotated-mnist"`` or ``"permuted-mnist"``, 20 tasks of 1000 training examples,
 each played once in batches of 10, task boundaries hidden from the learner; 200 memories; the
 MLP 784-100-100-10 (``mlp`` with ``hidden = [100, 100]``), its initial weights seeded as
-``lifelong run`` seeds them. After the untrained start and after each task's last batch every
+``lifelong run`` seeds them and drawn as the authors' ``Learner`` draws them (Kaiming-normal
+weights, zero biases: ``init = "kaiming_normal"``; ``--init pytorch`` for PyTorch's default).
+MER rows use MER's own (GEM's) Xavier-uniform initialisation, as ``reproduce_mer.py``. After the untrained start and after each task's last batch every
 task's test set is scored, giving ``R`` of shape (21, 20); the columns of the table are
 retained accuracy RA = ``final_accuracy(R)`` (the papers' RA / ACC), learning accuracy LA =
 ``learning_accuracy(R)`` and backward transfer BTI = ``backward_transfer(R)`` (GEM's, divided by
@@ -59,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import scenarios  # noqa: E402
 import strategies  # noqa: E402
+from reproduce_mer import SETTINGS as MER_SETTINGS  # noqa: E402
 from simulator.metrics import backward_transfer, final_accuracy, learning_accuracy  # noqa: E402
 
 METHODS = ("lamaml", "cmaml", "sync", "mer")
@@ -73,10 +76,11 @@ SETTINGS = {  # the authors' run_experiments.sh, MNIST section
     ("cmaml", "rotated-mnist"): {"fixed_lr": True, "alpha_init": 0.1, "weight_lr": 0.1},
     ("cmaml", "permuted-mnist"): {"fixed_lr": True, "alpha_init": 0.03, "weight_lr": 0.1},
 }
-# MER (strategies/mer.py): the authors' mer_examples.sh settings with 200 memories, as that
-# strategy documents them (its defaults are MNIST Rotations'); the row runs iff `mer` is registered.
-MER_PARAMS: dict[str, dict[str, Any]] = {"rotated-mnist": {},
-                                         "permuted-mnist": {"lr": 0.03, "beta": 0.03, "batches_per_example": 10}}
+# MER (strategies/mer.py): the authors' mer_examples.sh settings with 200 memories, as
+# reproduce_mer.py runs them (replay_batch_size 11: ours counts the example); the row runs iff
+# `mer` is registered.
+MER_PARAMS: dict[str, dict[str, Any]] = {"rotated-mnist": dict(MER_SETTINGS["rotations"]),
+                                         "permuted-mnist": dict(MER_SETTINGS["permutations"])}
 # REFERENCE.md (La-MAML Table 1, retained accuracy): check the paper's table before using as a bar
 PUBLISHED_RA = {("lamaml", "rotated-mnist"): 77.4, ("lamaml", "permuted-mnist"): 74.3,
                 ("cmaml", "rotated-mnist"): 77.3, ("cmaml", "permuted-mnist"): 74.5}
@@ -93,6 +97,7 @@ def stream_params(dataset: str, args) -> dict[str, Any]:
 
 
 def build_model(spec, seed: int, init: str) -> torch.nn.Module:
+    """The seeded MLP 784-100-100-10 with initial weights ``init``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # as the runner: the initial weights come from the seed
         return strategies.build_model("mlp", {"hidden": [100, 100], "init": init}, spec)
@@ -106,6 +111,11 @@ def score_row(model: torch.nn.Module, tests: list[tuple[torch.Tensor, torch.Tens
     return row
 
 
+def initial_weights(method: str, args) -> str:
+    """The ``mlp`` init of a row: MER's authors' (Xavier uniform) for MER, ``--init`` otherwise."""
+    return "xavier_uniform" if method == "mer" else args.init
+
+
 def strategy_params(method: str, dataset: str, args) -> dict[str, Any]:
     if method == "mer":
         return dict(MER_PARAMS[dataset])
@@ -117,7 +127,7 @@ def run_native(method: str, dataset: str, seed: int, args) -> dict[str, Any]:
     tests = [c.test.examples() for c in stream.columns]
     params = strategy_params(method, dataset, args)
     strategy = strategies.build("mer" if method == "mer" else "lamaml", params)
-    strategy.setup(build_model(stream.spec, seed, args.init), stream.spec, "cpu", seed=seed)
+    strategy.setup(build_model(stream.spec, seed, initial_weights(method, args)), stream.spec, "cpu", seed=seed)
     tasks = stream.meta()["task"]
     R = [score_row(strategy.model, tests)]
     start, update = time.perf_counter(), 0.0
@@ -148,7 +158,7 @@ def run_avalanche(method: str, dataset: str, seed: int, args) -> dict[str, Any]:
     name, params = ("avalanche.MER", {}) if method == "mer" else \
         ("avalanche.LaMAML", avalanche_params(method, dataset, args))
     strategy = strategies.build(name, params)
-    strategy.setup(build_model(stream.spec, seed, args.init), stream.spec, "cpu", seed=seed)
+    strategy.setup(build_model(stream.spec, seed, initial_weights(method, args)), stream.spec, "cpu", seed=seed)
     R = [score_row(strategy.model, tests)]
     start, update, batches = time.perf_counter(), 0.0, 0
     for task in stream.columns:
@@ -167,7 +177,8 @@ def summary(impl, method, dataset, seed, args, R, wall, per_batch, batches, para
     return {"impl": impl, "method": method, "dataset": dataset, "seed": seed, "budget": args.budget,
             "RA": 100 * final_accuracy(R), "LA": 100 * learning_accuracy(R), "BTI": 100 * backward_transfer(R),
             "published_RA": PUBLISHED_RA.get((method, dataset)) if impl == "native" else None,
-            "init": args.init, "wall_s": round(wall, 1), "s_per_batch": per_batch, "batches": batches, "params": params,
+            "init": initial_weights(method, args), "wall_s": round(wall, 1), "s_per_batch": per_batch,
+            "batches": batches, "params": params,
             "device": "cpu", "device_name": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
             "threads": torch.get_num_threads(), "load": [round(x, 2) for x in os.getloadavg()],
             "torch": torch.__version__, "R": R.tolist()}

@@ -2,7 +2,9 @@
 
 Protocol (MER, GEM and La-MAML): the ``online`` scenario over ``rotated-mnist`` or
 ``permuted-mnist``, 20 tasks of 1000 training examples each, played once in batches of 10
-(2000 batches), boundaries hidden; the MLP 784-100-100-10 (ReLU). Every task is scored on its
+(2000 batches), boundaries hidden; the MLP 784-100-100-10 (ReLU) with the authors' initial
+weights (GEM's ``common.py``: Xavier-uniform weights, zero biases; ``mlp`` with ``init =
+"xavier_uniform"``), drawn from the seed. Every task is scored on its
 whole held-out test pool (10,000 MNIST test images under the task's rotation or permutation)
 before the stream and after each task's last batch (``eval_every = 100``), so the anytime
 tensor's rows are GEM's R[i, j]:
@@ -11,10 +13,10 @@ tensor's rows are GEM's R[i, j]:
 - learning accuracy LA = mean_j R[j, j] (accuracy on each task just after learning it);
 - backward transfer and interference BTI = RA - LA = mean_j (R[T, j] - R[j, j]).
 
-All three in percent. ``../shared/REFERENCE.md`` gives no MER figure for these streams (MER
-"beats GEM, EWC, ER on RA"; avalanche's port about 0.76 against the paper's about 0.73 on
-Permutations) and no verified copy of the MER or La-MAML tables was at hand: ``PAPER`` below
-stays empty (printed as "n/a") until someone fills it from the papers' tables.
+All three in percent. ``../shared/REFERENCE.md`` gives one MER figure for these streams:
+about 73 RA on Permutations ("avalanche's port about 0.76 against the paper's about 0.73"),
+which ``PAPER`` holds; for Rotations it gives none (MER "beats GEM, EWC, ER on RA"), so that
+entry stays empty (printed "n/a") until someone fills it from the paper's table.
 
 Rows (``--variants``):
 
@@ -77,28 +79,6 @@ import strategies  # noqa: E402
 from simulator.evaluator import EvalSettings, Evaluator  # noqa: E402
 from simulator.online import OnlineSettings, run_online  # noqa: E402
 
-def _empty_safe_transforms() -> None:
-    """Work around the MNIST task transforms failing on an empty batch (scenarios/digits.py
-    ``rotate``: affine_grid refuses N = 0; scenarios/mnist.py's permutation: reshape(0, -1)),
-    which the evaluator's ``full_test`` columns hit (they draw support sets with no query
-    images). ``ImagePool.to_float`` then skips the transform on an empty batch; the same values
-    otherwise. To be removed once the transforms accept an empty batch."""
-    from scenarios.base import ImagePool
-    to_float = ImagePool.to_float
-    if getattr(to_float, "empty_safe", False):
-        return
-
-    def safe(self, x):
-        if x.numel() == 0:
-            lead = x.shape[: x.dim() - (self.x.dim() - 1)]
-            return x.reshape(*lead, *self.x.shape[1:]).float()
-        return to_float(self, x)
-    safe.empty_safe = True
-    ImagePool.to_float = safe
-
-
-_empty_safe_transforms()
-
 BENCHMARKS = {"rotations": "rotated-mnist", "permutations": "permuted-mnist"}
 VARIANTS = ("mer", "mer-batch", "avalanche.MER")
 TASKS, PER_TASK, BATCH = 20, 1000, 10
@@ -109,8 +89,9 @@ SETTINGS = {
     "permutations": dict(lr=0.03, beta=0.03, gamma=1.0, batches_per_example=10, replay_batch_size=11,
                          memory_size=200),
 }
-# Published RA / LA / BTI (percent) for 200 memories: none verified yet (see the docstring).
-PAPER: dict[str, dict[str, float | None]] = {b: {"RA": None, "LA": None, "BTI": None} for b in BENCHMARKS}
+# Published RA / LA / BTI (percent): REFERENCE.md's "about 0.73" on Permutations (see the docstring).
+PAPER: dict[str, dict[str, float | None]] = {"rotations": {"RA": None, "LA": None, "BTI": None},
+                                             "permutations": {"RA": 73.0, "LA": None, "BTI": None}}
 
 
 def build_stream(benchmark: str, seed: int, data_root: str | None, test_per_task: int | None):
@@ -125,7 +106,7 @@ def build_stream(benchmark: str, seed: int, data_root: str | None, test_per_task
 def initial_model(stream, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)   # as the runner seeds the initial weights
-        return strategies.build_model("mlp", {"hidden": [100, 100]}, stream.spec)
+        return strategies.build_model("mlp", {"hidden": [100, 100], "init": "xavier_uniform"}, stream.spec)
 
 
 def transfer_metrics(acc: np.ndarray) -> dict[str, float]:

@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--meta-iterations", type=int, default=None)
-    p.add_argument("--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
+    p.add_argument("--lr-grid", type=float, nargs="+", default=[0.0003, 0.001, 0.003, 0.01, 0.03, 0.1])
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)

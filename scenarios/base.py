@@ -218,7 +218,7 @@ class ImagePool(LabelledPool):
         """uint8 images of any leading shape as float32 in [0, 1], transformed."""
         lead = x.shape[: x.dim() - (self.x.dim() - 1)]
         flat = x.reshape(-1, *self.x.shape[1:]).float().div_(255)
-        if self.transform is not None:
+        if self.transform is not None and len(flat):  # the transforms need not accept an empty batch
             flat = self.transform(flat)
         return flat.reshape(*lead, *flat.shape[1:])
 

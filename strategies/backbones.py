@@ -51,9 +51,10 @@ from scenarios.base import Params, StreamSpec
 class MLPParams(Params):
     hidden: list[int] = Field([100, 100], description="widths of the hidden layers")
     activation: Literal["relu", "tanh"] = Field("relu", description="hidden-layer non-linearity")
-    init: Literal["pytorch", "kaiming_normal"] = Field(
-        "pytorch", description="initial weights: PyTorch's nn.Linear default, or Kaiming-normal weights "
-                               "(fan in) with zero biases, as La-MAML's code and avalanche-lib's LaMAML")
+    init: Literal["pytorch", "kaiming_normal", "xavier_uniform"] = Field(
+        "pytorch", description="initial weights: PyTorch's nn.Linear default; Kaiming-normal weights (fan in) "
+                               "with zero biases (La-MAML's code, avalanche-lib's LaMAML); or Xavier-uniform "
+                               "weights with zero biases (GEM's and MER's code)")
 
     @field_validator("hidden")
     @classmethod
@@ -84,13 +85,15 @@ class MLP(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, output_size))
         super().__init__(*layers)
-        if init == "kaiming_normal":
+        weight_init = {"pytorch": None, "kaiming_normal": nn.init.kaiming_normal_,
+                       "xavier_uniform": nn.init.xavier_uniform_}
+        if init not in weight_init:
+            raise ValueError(f"unknown init {init!r}: use one of {', '.join(map(repr, weight_init))}")
+        if weight_init[init] is not None:
             for layer in self:
                 if isinstance(layer, nn.Linear):
-                    nn.init.kaiming_normal_(layer.weight)
+                    weight_init[init](layer.weight)
                     nn.init.zeros_(layer.bias)
-        elif init != "pytorch":
-            raise ValueError(f"unknown init {init!r}: use 'pytorch' or 'kaiming_normal'")
 
     @classmethod
     def from_params(cls, params: MLPParams, spec: StreamSpec) -> "MLP":

@@ -41,6 +41,8 @@ Where this differs from the paper and from the authors' code (github:mattriemer/
   from 1); :class:`ReservoirBuffer` uses Vitter's ``floor(u * age)``, a uniform sample.
 - Their loss is ``CrossEntropyLoss`` on each single example, as ours (``task_loss``), and the
   memory is updated after the example's own update, as ours.
+- Their MLP (GEM's ``common.py``) starts from Xavier-uniform weights and zero biases: ``mlp``
+  with ``init = "xavier_uniform"`` (the backbone's default is PyTorch's ``nn.Linear`` init).
 
 ``unit = "batch"`` is avalanche-lib's variant (``avalanche.training.supervised.MER``, 0.6),
 for comparing with it: the whole incoming batch is the unit. Each of the s batches is the

@@ -85,3 +85,16 @@ def test_registry_lists_valid_names_and_imports_lazily():
     assert reg.get("a") == pytest.approx(3.14159, rel=1e-5) and reg.get("b") == 2
     with pytest.raises(KeyError, match="unknown thing 'c'; valid: a, b"):
         reg.get("c")
+
+
+def test_image_pool_hands_out_an_empty_batch_without_calling_the_transform():
+    # the rotation and permutation transforms refuse N = 0 (affine_grid, reshape(0, -1)), and
+    # the evaluator's full_test columns ask for empty query sets
+    from scenarios.base import ImagePool
+    from scenarios.mnist import rotation
+
+    pool = ImagePool(torch.full((3, 1, 28, 28), 255, dtype=torch.uint8), torch.tensor([0, 1, 1]),
+                     transform=rotation(30.0))
+    empty = pool.to_float(torch.zeros((2, 0, 1, 28, 28), dtype=torch.uint8))
+    assert empty.shape == (2, 0, 1, 28, 28) and empty.dtype == torch.float32
+    assert pool.to_float(pool.x[:1]).shape == (1, 1, 28, 28)

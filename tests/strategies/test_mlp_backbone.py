@@ -41,14 +41,17 @@ def test_other_models_and_hooked_mlps_go_through_functional_call():
     assert torch.equal(out, mlp[3](mlp[2](torch.zeros(5, 4))).expand(5, 2))
 
 
-def test_kaiming_normal_init_has_zero_biases_and_he_scaled_weights():
+def test_inits_have_zero_biases_and_the_documented_weight_scales():
     torch.manual_seed(0)
-    mlp = MLP((784,), 10, hidden=[400, 400], init="kaiming_normal")
+    kaiming = MLP((784,), 10, hidden=[400, 400], init="kaiming_normal")
+    xavier = MLP((784,), 10, hidden=[400, 400], init="xavier_uniform")
     torch.manual_seed(0)
     default = MLP((784,), 10, hidden=[400, 400])
-    for layer, fan_in in ((mlp[1], 784), (mlp[3], 400)):
-        assert torch.count_nonzero(layer.bias) == 0
-        assert abs(layer.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.02   # He et al.: std sqrt(2 / fan_in)
+    for index, fan_in in ((1, 784), (3, 400)):
+        assert torch.count_nonzero(kaiming[index].bias) == 0 and torch.count_nonzero(xavier[index].bias) == 0
+        # He et al.: std sqrt(2 / fan_in); Glorot: U(-a, a), a = sqrt(6 / (fan_in + fan_out))
+        assert abs(kaiming[index].weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.02
+        assert abs(xavier[index].weight.abs().max().item() / (6 / (fan_in + 400)) ** 0.5 - 1) < 1e-3
     assert abs(default[1].weight.std().item() * (3 * 784) ** 0.5 - 1) < 0.02     # PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    with pytest.raises(ValueError, match="unknown init 'xavier'"):
+    with pytest.raises(ValueError, match="unknown init 'xavier': use one of 'pytorch', 'kaiming_normal', 'xavier_uniform'"):
         MLP((4,), 2, init="xavier")
