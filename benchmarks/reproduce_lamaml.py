@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import scenarios  # noqa: E402
 import strategies  # noqa: E402
 from reproduce_mer import SETTINGS as MER_SETTINGS  # noqa: E402
-from simulator.metrics import backward_transfer, final_accuracy, learning_accuracy  # noqa: E402
+from simulator.metrics import aggregate, backward_transfer, final_accuracy, learning_accuracy  # noqa: E402
 
 METHODS = ("lamaml", "cmaml", "sync", "mer")
 DATASETS = ("rotated-mnist", "permuted-mnist")
@@ -192,6 +192,26 @@ def markdown_row(r: dict[str, Any]) -> str:
             f"{r['device_name']}, {r['threads']} thread(s) |")
 
 
+def seed_summary(rows: list[dict[str, Any]]) -> str:
+    """A markdown table: per stream, method, implementation and meta-gradient order, RA, LA and
+    BTI as mean ± 95% interval over seeds (Student t, as ``lifelong report``) and ms per batch."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        order = "first" if r["params"].get("first_order") or r["params"].get("second_order") is False else "second"
+        order = "-" if r["method"] == "mer" else order
+        groups.setdefault((r["dataset"], r["method"], r["impl"], order), []).append(r)
+    lines = ["| stream | method | implementation | order | RA | paper RA | LA | BTI | ms / batch | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (dataset, method, impl, order), rs in groups.items():
+        stats = aggregate([{k: r[k] for k in ("RA", "LA", "BTI", "s_per_batch")} for r in rs])
+        cell = lambda k: f"{stats[k]['mean']:.2f} ± {stats[k]['ci95']:.2f}"  # noqa: E731
+        pub = PUBLISHED_RA.get((method, dataset)) if impl == "native" else None
+        lines.append(f"| {dataset} | {TITLE[method]} | {impl} | {order} | {cell('RA')} | "
+                     f"{'-' if pub is None else pub} | {cell('LA')} | {cell('BTI')} | "
+                     f"{1000 * stats['s_per_batch']['mean']:.1f} | {', '.join(str(r['seed']) for r in rs)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -207,10 +227,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-root", default=os.environ.get("LIFELONG_DATA"))
     p.add_argument("--json", help="append one JSON line per row to this file")
+    p.add_argument("--summarize", metavar="JSONL", help="only print the mean ± 95%% interval over seeds of the "
+                                                        "rows in this file (written by --json), then exit")
     args = p.parse_args()
+    if args.summarize:
+        with open(args.summarize) as f:
+            print(seed_summary([json.loads(line) for line in f if line.strip()]))
+        return
     torch.set_num_threads(args.threads)
     print("| method | stream | RA | paper RA | LA | BTI | ms / batch | seed | budget | wall | device |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
     for dataset in args.datasets:
         for method in args.methods:
             if method == "mer" and "mer" not in strategies.available():
@@ -220,10 +247,13 @@ def main() -> None:
                 runs = ([] if args.no_native else [run_native]) + ([run_avalanche] if args.avalanche else [])
                 for run in runs:
                     row = run(method, dataset, seed, args)
+                    rows.append(row)
                     print(markdown_row(row), flush=True)
                     if args.json:
                         with open(args.json, "a") as f:
                             f.write(json.dumps(row) + "\n")
+    if len(args.seeds) > 1:
+        print("\n" + seed_summary(rows))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import scenarios  # noqa: E402
 import strategies  # noqa: E402
 from simulator.evaluator import EvalSettings, Evaluator  # noqa: E402
+from simulator.metrics import aggregate  # noqa: E402
 from simulator.online import OnlineSettings, run_online  # noqa: E402
 
 BENCHMARKS = {"rotations": "rotated-mnist", "permutations": "permuted-mnist"}
@@ -226,6 +227,25 @@ def markdown(row: dict[str, Any]) -> str:
             f"{p['RA']} / {p['LA']} / {p['BTI']} |")
 
 
+def seed_summary(rows: list[dict[str, Any]]) -> str:
+    """A markdown table per benchmark and variant: RA, LA, BTI and online accuracy as mean ± 95%
+    interval over seeds (Student t, as ``lifelong report``), and ms per batch."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["benchmark"], r["variant"]), []).append(r)
+    lines = ["| benchmark | variant | RA | paper RA | LA | BTI | online acc | ms / batch | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (benchmark, variant), rs in groups.items():
+        keys = ("RA", "LA", "BTI", "online_accuracy", "ms_per_batch")
+        stats = aggregate([{k: r[k] for k in keys} for r in rs])
+        cell = lambda k: f"{stats[k]['mean']:.2f} ± {stats[k]['ci95']:.2f}"  # noqa: E731
+        paper = PAPER[benchmark]["RA"] if variant == "mer" else None
+        lines.append(f"| {benchmark} | {variant} | {cell('RA')} | {'-' if paper is None else paper} | {cell('LA')} | "
+                     f"{cell('BTI')} | {cell('online_accuracy')} | {stats['ms_per_batch']['mean']:.1f} | "
+                     f"{', '.join(str(r['seed']) for r in rs)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--benchmarks", nargs="+", choices=sorted(BENCHMARKS), default=["rotations", "permutations"])
@@ -237,7 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="append one JSON line per row to this file")
+    parser.add_argument("--summarize", metavar="JSONL", help="only print the mean ± 95%% interval over seeds of "
+                                                             "the rows in this file (written by --json), then exit")
     args = parser.parse_args(argv)
+    if args.summarize:
+        with open(args.summarize) as f:
+            print(seed_summary([json.loads(line) for line in f if line.strip()]))
+        return 0
     rows = []
     for benchmark in args.benchmarks:
         for seed in args.seeds:
@@ -250,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + HEADER)
     for row in rows:
         print(markdown(row))
+    if len(args.seeds) > 1:
+        print("\n" + seed_summary(rows))
     return 0
 
 

@@ -130,7 +130,8 @@ def test_overrides_seeds_and_defaults_resolve(tmp_path):
     assert exp.seeds == (3, 4)
     assert resolved["strategies"]["finetune"]["lr"] == 0.05
     assert resolved["strategies"]["finetune"]["batch_size"] == 32          # default filled in
-    assert resolved["strategies"]["finetune"]["model"] == {"name": "mlp", "hidden": [16], "activation": "relu"}
+    assert resolved["strategies"]["finetune"]["model"] == {"name": "mlp", "hidden": [16], "activation": "relu",
+                                                         "init": "pytorch"}
     assert resolved["scenario"]["protocol"] == "task-incremental"
     assert resolved["evaluation"]["episodes"] == 2
 

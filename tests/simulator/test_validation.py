@@ -197,7 +197,7 @@ CASES = [
     pytest.param(*setting("evaluation.episodes=0"), "evaluation.episodes: must be > 0", id="episodes-zero"),
     pytest.param(*setting("evaluation.colour=1"), "evaluation.colour: unknown key (valid keys: episodes",
                  id="unknown-key-in-evaluation"),
-    pytest.param(*setting("model.depth=3"), "model.depth: unknown key (valid keys: hidden, activation)",
+    pytest.param(*setting("model.depth=3"), "model.depth: unknown key (valid keys: hidden, activation, init)",
                  id="unknown-key-in-model"),
     pytest.param(*setting("scenario.num_task=3"), "scenario.num_task: unknown key", id="unknown-key-in-scenario"),
     pytest.param(*setting("scenario.num_tasks=two"), "scenario.num_tasks: must be an integer, got 'two'",
