@@ -119,7 +119,7 @@ def initial_weights(method: str, args) -> str:
 def strategy_params(method: str, dataset: str, args) -> dict[str, Any]:
     if method == "mer":
         return dict(MER_PARAMS[dataset])
-    return {**COMMON, **SETTINGS[(method, dataset)], "first_order": args.first_order}
+    return {**COMMON, **SETTINGS[(method, dataset)], "first_order": args.first_order, "glances": args.glances}
 
 
 def run_native(method: str, dataset: str, seed: int, args) -> dict[str, Any]:
@@ -199,14 +199,15 @@ def seed_summary(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         order = "first" if r["params"].get("first_order") or r["params"].get("second_order") is False else "second"
         order = "-" if r["method"] == "mer" else order
-        groups.setdefault((r["dataset"], r["method"], r["impl"], order), []).append(r)
-    lines = ["| stream | method | implementation | order | RA | paper RA | LA | BTI | ms / batch | seeds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (dataset, method, impl, order), rs in groups.items():
+        glances = r["params"].get("glances", 1 if r["impl"] == "avalanche" else "-")
+        groups.setdefault((r["dataset"], r["method"], r["impl"], order, glances), []).append(r)
+    lines = ["| stream | method | implementation | order | glances | RA | paper RA | LA | BTI | ms / batch | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (dataset, method, impl, order, glances), rs in groups.items():
         stats = aggregate([{k: r[k] for k in ("RA", "LA", "BTI", "s_per_batch")} for r in rs])
         cell = lambda k: f"{stats[k]['mean']:.2f} ± {stats[k]['ci95']:.2f}"  # noqa: E731
         pub = PUBLISHED_RA.get((method, dataset)) if impl == "native" else None
-        lines.append(f"| {dataset} | {TITLE[method]} | {impl} | {order} | {cell('RA')} | "
+        lines.append(f"| {dataset} | {TITLE[method]} | {impl} | {order} | {glances} | {cell('RA')} | "
                      f"{'-' if pub is None else pub} | {cell('LA')} | {cell('BTI')} | "
                      f"{1000 * stats['s_per_batch']['mean']:.1f} | {', '.join(str(r['seed']) for r in rs)} |")
     return "\n".join(lines)
@@ -220,6 +221,8 @@ def main() -> None:
     p.add_argument("--budget", choices=["paper", "cpu"], default="paper")
     p.add_argument("--tasks", type=int, default=20, help="tasks of the stream (20 in the papers)")
     p.add_argument("--first-order", action="store_true", help="first-order meta-gradients (the authors' MNIST runs)")
+    p.add_argument("--glances", type=int, default=COMMON["glances"],
+                   help="meta-updates per batch (the authors': 5; 1 is avalanche-lib's protocol, which has none)")
     p.add_argument("--init", choices=["kaiming_normal", "pytorch"], default="kaiming_normal",
                    help="the MLP's initial weights (the authors' code: Kaiming normal, zero biases)")
     p.add_argument("--avalanche", action="store_true", help="also run avalanche-lib's LaMAML (and MER) on each row")
