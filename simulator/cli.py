@@ -15,6 +15,8 @@ finished, or when ``data download`` cannot fetch a file (no internet, server err
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 import typing
 from pathlib import Path
@@ -172,6 +174,9 @@ def _describe_params(model, indent: str = "      ") -> list[str]:
 
 
 def list_command() -> str:
+    """The text of ``lifelong list``, rendered from the registries: every scenario, strategy and
+    model with its parameters, types, defaults and descriptions. Imports every registered
+    module, hence torch (seconds); :func:`cached_list` is the fast path of the command."""
     import scenarios
     import strategies
 
@@ -190,6 +195,62 @@ def list_command() -> str:
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         out += [f"  {name}: {doc}"] + _describe_params(cls.Params)
     return "\n".join(out)
+
+
+LIST_PACKAGES = ("scenarios", "strategies")
+"""The packages whose sources :func:`list_command` renders (with this module's)."""
+
+
+def _list_key() -> str:
+    """The sha256 of everything the text of :func:`list_command` depends on: this module, every
+    source file of :data:`LIST_PACKAGES`, and the Python and pydantic versions (type names and
+    field semantics). Computed without importing any of them."""
+    from importlib import metadata, util
+
+    sources = [Path(__file__)]
+    for package in LIST_PACKAGES:
+        for folder in util.find_spec(package).submodule_search_locations:
+            sources += sorted(Path(folder).rglob("*.py"))
+    digest = hashlib.sha256(f"{sys.version}\0{metadata.version('pydantic')}\n".encode())
+    for source in sources:
+        digest.update(f"{source}\0".encode() + hashlib.sha256(source.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _cache_dir() -> Path:
+    # The rule of scenarios.data.cache_dir, repeated: importing scenarios loads torch.
+    if os.environ.get("LIFELONG_CACHE"):
+        return Path(os.environ["LIFELONG_CACHE"]).expanduser().absolute()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lifelong"
+
+
+def cached_list() -> str:
+    """The text of :func:`list_command`, from ``list.txt`` in the cache folder when that was
+    rendered from the same sources (:func:`_list_key`), else rendered and stored there.
+
+    A current cache costs a few file reads, and imports neither torch nor pydantic. A process
+    that has imported the scenarios or strategies already gets the text rendered afresh: it is
+    cheap then, and shows any entry the process registered itself.
+    """
+    if any(package in sys.modules for package in LIST_PACKAGES):
+        return list_command()
+    key = _list_key()
+    path = _cache_dir() / "list.txt"
+    try:
+        stored_key, _, text = path.read_text(encoding="utf-8").partition("\n")
+        if stored_key == key:
+            return text
+    except (OSError, ValueError):  # absent, unreadable or not text: render it
+        pass
+    text = list_command()
+    try:
+        from simulator.files import atomic_write
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, f"{key}\n{text}".encode("utf-8"))
+    except OSError:
+        pass  # an unwritable cache folder costs the next call the rendering, nothing more
+    return text
 
 
 def run_command(args) -> int:
@@ -378,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         return export_command(args)
     if args.command == "list":
-        print(list_command())
+        print(cached_list())
         return 0
     if args.command == "report":
         return report_command(args)

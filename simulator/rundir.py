@@ -1,5 +1,6 @@
 """Run directories: ``config.json``, ``results.json``, ``tensors.npz``, ``checkpoints/`` and
-the report (``index.html``, ``report.md``, ``figures/``; see :mod:`simulator.report`).
+the report (``index.html``, ``report.md``, ``figures/``, ``.report-inputs.json``; see
+:mod:`simulator.report`).
 
 A run directory holds one experiment. :func:`prepare` (called holding the directory's lock,
 :mod:`simulator.lock`) refuses a directory holding another experiment, damaged files, or a
@@ -29,6 +30,7 @@ import torch
 
 from simulator import metrics
 from simulator.files import atomic_write, config_hash, remove_temporaries, to_json
+from simulator.report import INPUTS_FILE, write_report
 
 
 def _version(package: str) -> str | None:
@@ -78,7 +80,7 @@ def results_document(experiment, results, device: torch.device, complete: bool,
     })
 
 
-RUN_FILES = ("results.json", "tensors.npz", "index.html", "report.md")
+RUN_FILES = ("results.json", "tensors.npz", "index.html", "report.md", INPUTS_FILE)
 """The files a run writes besides ``config.json`` (and the folders ``checkpoints/`` and ``figures/``)."""
 
 
@@ -94,10 +96,22 @@ def ensure_writable(out_dir: Path) -> None:
     (out_dir / ".write-check").unlink()
 
 
+def _commit(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, unless the file holds these very bytes already:
+    an unchanged file keeps its modification time, and a report made from it stays current
+    (:func:`simulator.report.write_report` renders nothing when its inputs did not change)."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:  # absent or unreadable: write it
+        pass
+    atomic_write(path, data)
+
+
 def write_config(out_dir: Path, experiment) -> None:
-    """Create ``out_dir`` if needed and write ``config.json``."""
+    """Create ``out_dir`` if needed and write ``config.json`` (unless it holds the same text)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "config.json", json.dumps(experiment.resolved(), indent=2).encode())
+    _commit(out_dir / "config.json", json.dumps(experiment.resolved(), indent=2).encode())
 
 
 def _read_config(out_dir: Path) -> dict[str, Any]:
@@ -303,21 +317,21 @@ def write_run_dir(out_dir: Path, experiment, results, device: torch.device, comp
 
     Each file is replaced atomically, and the order makes every state a kill can leave
     consistent: ``tensors.npz`` may hold one run more than ``results.json`` lists (ignored
-    until the next commit), never one less. The report (index.html, report.md, figures/) is
-    read back from the files just written; its figures are drawn once ``complete``, while
-    partial rewrites keep it to tables, which costs milliseconds instead of seconds per
+    until the next commit), never one less. A file whose bytes would not change is left as it
+    is (``np.savez`` output depends on the arrays alone, so unchanged runs give unchanged
+    bytes). The report (index.html, report.md, figures/) is read back from the files just
+    written, and only rendered when they changed; its figures are drawn once ``complete``,
+    while partial rewrites keep it to tables, which costs milliseconds instead of seconds per
     finished run.
     """
-    from simulator.report import write_report
-
     document = results_document(experiment, results, device, complete, failures)
     arrays = {}
     for r in results:
         arrays.update(run_arrays(r))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic_write(out_dir / "tensors.npz", buffer.getvalue())
-    atomic_write(out_dir / "results.json", json.dumps(document, indent=2).encode())
+    _commit(out_dir / "tensors.npz", buffer.getvalue())
+    _commit(out_dir / "results.json", json.dumps(document, indent=2).encode())
     if report:  # sweeps skip the per-trial report: they report over all trials at the end
         write_report([out_dir], out_dir, draw=complete)
 

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -94,6 +94,23 @@ def resolve_device(device: str) -> torch.device:
         raise ValueError("device 'cuda' was requested but CUDA is not available on this machine "
                          "(use --device cpu or auto)")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (intra-op), then put the caller's count back.
+
+    The policy of every run, from the command line or from Python: ``count`` threads while it
+    runs (an experiment's ``threads``, default 1), the caller's own setting untouched after.
+    Small models gain nothing from more threads but synchronisation, and results are
+    bit-identical for a given count, so the count must not depend on who calls.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -282,11 +299,13 @@ def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, setting
         device: torch.device | str = "cpu", on_task: Callable[[int], None] | None = None,
         checkpoint: Path | None = None, resume: bool = False, evaluate: bool = True,
         identity: dict[str, Any] | None = None, policy: CheckpointPolicy | None = None,
-        stop: StopRequest | None = None, progress=None) -> RunResult:
+        stop: StopRequest | None = None, progress=None, threads: int = 1) -> RunResult:
     """Run ``strategy`` (with ``model``) over ``stream``.
 
-    The result depends only on the arguments and the torch thread count: Python's, numpy's
-    and torch's global RNGs are seeded from ``seed`` inside and restored afterwards. With
+    The run uses ``threads`` torch CPU threads (default 1, as an experiment file's
+    ``threads``; :func:`torch_threads`) and gives the caller's thread count back when it
+    returns or raises. The result depends only on the arguments: Python's, numpy's and torch's
+    global RNGs are seeded from ``seed`` inside and restored afterwards. With
     ``checkpoint``, the state after each task is saved there atomically, and inside a task as
     ``policy`` says (for strategies whose ``learn`` runs a
     :class:`~strategies.base.TaskLoop`); ``identity`` (plain data, e.g. the config hash,
@@ -300,7 +319,7 @@ def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, setting
     ``eval_seconds`` empty): the training path alone, for timing it.
     """
     device = torch.device(device)
-    with seeded(seed, device):
+    with torch_threads(threads), seeded(seed, device):
         strategy.setup(model, stream.spec, device, seed=seed)
         evaluator = Evaluator(stream, settings, seed, device) if evaluate else None
         T, K = len(stream), settings.adapt_steps
@@ -370,6 +389,11 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
     process's handlers alone) and raise :class:`Interrupted`. ``report=False`` skips the
     HTML/Markdown report (sweep trials). ``log_seconds``: how often a progress line is
     printed inside a task when stderr is not a terminal.
+
+    Each finished run is committed once (:func:`simulator.rundir.write_run_dir`), the last with
+    the figures; a file whose content did not change is not rewritten. The experiment runs
+    with its ``threads`` torch CPU threads, and the caller's thread count is restored when it
+    returns or raises (:func:`torch_threads`).
     """
     from scenarios.online import OnlineStream
     from simulator.lock import DirectoryLock
@@ -377,18 +401,18 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
     from simulator.rundir import RunDirError, checkpoint_path, prepare, write_config, write_run_dir
 
     device = resolve_device(experiment.device)
-    torch.set_num_threads(experiment.threads)
     out_dir = Path(out_dir)
-    # Streams first: a missing data file or a stream the strategies cannot run on must stop the
-    # run before anything is written.
-    streams = {seed: scenarios.build(experiment.scenario_name, experiment.scenario_params.model_dump(), seed)
-               for seed in experiment.seeds}
-    preflight.check(experiment, streams)
-    digest = config_hash(to_json(experiment.resolved()))
-    failures: list[Failure] = []
-    progress = _Progress(quiet, log_seconds)
-    stop = StopRequest(progress.note) if handle_signals else contextlib.nullcontext(None)
     with contextlib.ExitStack() as held:
+        held.enter_context(torch_threads(experiment.threads))
+        # Streams first: a missing data file or a stream the strategies cannot run on must stop the
+        # run before anything is written.
+        streams = {seed: scenarios.build(experiment.scenario_name, experiment.scenario_params.model_dump(), seed)
+                   for seed in experiment.seeds}
+        preflight.check(experiment, streams)
+        digest = config_hash(to_json(experiment.resolved()))
+        failures: list[Failure] = []
+        progress = _Progress(quiet, log_seconds)
+        stop = StopRequest(progress.note) if handle_signals else contextlib.nullcontext(None)
         try:
             held.enter_context(DirectoryLock(out_dir))
         except OSError as err:
@@ -403,7 +427,7 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
         progress.start(len(todo) * T, "batch" if online else "task")
         results = list(finished.values())
         try:
-            for spec, seed in todo:
+            for index, (spec, seed) in enumerate(todo):
                 stream = streams[seed]
                 strategy = strategies.strategy_class(spec.name)(spec.config, label=spec.label)
                 with torch.random.fork_rng(devices=[]):
@@ -421,19 +445,24 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
                     else:
                         result = run(stream, strategy, model, seed, experiment.evaluation, device,
                                      on_task=progress.advance, checkpoint=ckpt, resume=resume, identity=identity,
-                                     policy=policy, stop=stop_request, progress=progress)
+                                     policy=policy, stop=stop_request, progress=progress,
+                                     threads=experiment.threads)
                 except DivergenceError as err:
                     failures.append(Failure(spec.label, seed, str(err)))
                     progress.failed(failures[-1])
                 else:
                     results.append(result)
                     progress.finished(result)
-                write_run_dir(out_dir, experiment, results, device, complete=False, failures=failures,
+                last = index == len(todo) - 1
+                # One commit per finished run; the last one is the complete one (with figures), so
+                # the end of an experiment writes nothing twice.
+                write_run_dir(out_dir, experiment, results, device, complete=last, failures=failures,
                               report=report)
                 ckpt.unlink(missing_ok=True)
-                if stop_request is not None and stop_request.requested and (spec, seed) != todo[-1]:
+                if stop_request is not None and stop_request.requested and not last:
                     raise Interrupted("stopped between runs; finished runs are saved")
-            write_run_dir(out_dir, experiment, results, device, complete=True, failures=failures, report=report)
+            if not todo:  # every run finished before: rewrites only what is out of date, usually nothing
+                write_run_dir(out_dir, experiment, results, device, complete=True, failures=failures, report=report)
             with contextlib.suppress(OSError):  # only when empty: nothing left to resume
                 (out_dir / "checkpoints").rmdir()
         finally:

@@ -2,7 +2,8 @@
 
 A report is a pure function of run directories' files (``config.json``, ``results.json``,
 ``tensors.npz``), so ``lifelong report`` works on old runs and the same directories always
-give byte-identical files. One directory gives a single-run report; several give a
+give byte-identical files; a report whose inputs did not change is therefore not rendered
+again (:data:`INPUTS_FILE`). One directory gives a single-run report; several give a
 comparison (strategies x scenarios) followed by each run in full.
 
 Modules: :mod:`~simulator.report.data` (loading, means and intervals), :mod:`~.content`
@@ -17,14 +18,20 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Sequence
 
-from simulator.files import atomic_write
+from simulator.files import atomic_write, sha256_file
 from simulator.report.data import ReportError, load_run
 
-__all__ = ["ReportError", "default_out_dir", "write_report"]
+__all__ = ["INPUTS_FILE", "ReportError", "default_out_dir", "write_report"]
+
+INPUTS_FILE = ".report-inputs.json"
+"""Written last by :func:`write_report`: the digest of what the report was made from and the
+files it wrote, so that a report whose inputs did not change is not rendered again."""
 
 
 def default_out_dir(run_dirs: Sequence[str | Path]) -> Path:
@@ -36,14 +43,48 @@ def default_out_dir(run_dirs: Sequence[str | Path]) -> Path:
     return Path("reports") / ("comparison-" + re.sub(r"[^A-Za-z0-9._-]+", "_", names)[:80])
 
 
+def _inputs_digest(run_dirs: Sequence[str | Path], draw: bool) -> str | None:
+    """The sha256 of everything a report is a function of: ``draw``, the simulator's sources
+    (the report code and the metrics it shows), and per run directory, in order, its name and
+    the bytes of ``config.json``, ``results.json`` and ``tensors.npz``. ``None`` when one of
+    them cannot be read (rendering then raises the error that names it)."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(f"draw={draw}\n".encode())
+    try:
+        for source in sorted(package.rglob("*.py")):
+            digest.update(f"{source.relative_to(package)}\0{sha256_file(source)}\n".encode())
+        for run_dir in run_dirs:
+            run_dir = Path(run_dir)
+            digest.update(f"{run_dir.resolve().name}\0".encode())
+            for name in ("config.json", "results.json", "tensors.npz"):
+                digest.update(f"{name}\0{sha256_file(run_dir / name)}\n".encode())
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _is_current(out_dir: Path, digest: str | None) -> bool:
+    """Whether ``out_dir`` holds, whole, the report whose inputs have ``digest``: its
+    :data:`INPUTS_FILE` says so and every file listed there exists."""
+    if digest is None:
+        return False
+    try:
+        record = json.loads((out_dir / INPUTS_FILE).read_text(encoding="utf-8"))
+        return record["inputs"] == digest and all((out_dir / name).is_file() for name in record["files"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent, damaged or foreign: render
+        return False
+
+
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, draw: bool = True) -> Path:
     """Write ``index.html``, ``report.md`` and ``figures/*.png`` for ``run_dirs`` into ``out_dir``.
 
     Each file is written atomically; PNGs in ``out_dir/figures`` that the new report does not
     use are removed so that the folder matches the Markdown. With ``draw`` false the report
     has every table but no figure (a note in each one's place) and takes milliseconds rather
-    than seconds. Raises :class:`ReportError` (the message names the file) when a run
-    directory is missing or unreadable.
+    than seconds. When ``out_dir`` already holds the whole report of the same inputs (the run
+    directories' files and names, ``draw`` and the simulator's sources, recorded in
+    :data:`INPUTS_FILE`), nothing is rendered or written. Raises :class:`ReportError` (the
+    message names the file) when a run directory is missing or unreadable.
 
     Returns:
         The path of ``index.html``.
@@ -52,12 +93,18 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, draw: bool
 
     if not run_dirs:
         raise ReportError("give at least one run directory")
+    out_dir = Path(out_dir)
+    digest = _inputs_digest(run_dirs, draw)
+    if _is_current(out_dir, digest):
+        return out_dir / "index.html"
     report = content.build([load_run(d) for d in run_dirs], draw=draw)
     page = html.render(report)
     text, files = markdown.render(report)
-    out_dir = Path(out_dir)
     figure_dir = out_dir / markdown.FIGURE_DIR
     figure_dir.mkdir(parents=True, exist_ok=True)
+    # The record goes before any file changes and comes back after the last: a kill in between
+    # leaves none, so the next call renders again.
+    (out_dir / INPUTS_FILE).unlink(missing_ok=True)
     for relative, png in files.items():
         atomic_write(out_dir / relative, png)
     keep = {Path(relative).name for relative in files}
@@ -66,4 +113,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, draw: bool
             stale.unlink()
     atomic_write(out_dir / "report.md", text.encode("utf-8"))
     atomic_write(out_dir / "index.html", page.encode("utf-8"))
+    if digest is not None:
+        record = {"inputs": digest, "files": ["index.html", "report.md", *files]}
+        atomic_write(out_dir / INPUTS_FILE, json.dumps(record, indent=1).encode())
     return out_dir / "index.html"
