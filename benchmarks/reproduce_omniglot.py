@@ -11,8 +11,10 @@ at test (transductive, as in MAML's and Reptile's reference code; strategies/bac
 
 Rows: ``maml`` (second order), ``fomaml`` (first order), ``protonet`` (the ``protomemory``
 strategy: under the few-shot protocol it is exactly Prototypical Networks, its memory unused),
-``matching`` (Matching Networks without full-context embeddings) and ``reptile``; each for
-5/20-way and 1/5-shot.
+``matching`` (Matching Networks without full-context embeddings), ``reptile``, ``snail``
+(SNAIL: temporal convolutions and causal attention over the support sequence, on the conv4
+embedding) and ``leo`` (LEO: classifiers generated from latent codes of the conv4 embeddings,
+adapted in the latent space); each for 5/20-way and 1/5-shot.
 
 Each row goes through the library's public API, the code path of ``lifelong run``:
 ``scenarios.build("omniglot-fewshot", ...)``, ``strategies.build(...)``,
@@ -51,9 +53,33 @@ options below). The paper budgets, and where they differ from the papers:
   annealed from 1 to 0; the strategy takes full-batch SGD steps (``inner_lr`` 0.1, our
   choice: the paper has no SGD step size) with a constant outer step (``epsilon`` = 0.5, the
   mean of that schedule).
+- SNAIL (Mishra et al. 2018): the paper's Omniglot network after the embedding (attention
+  (64, 32), TC(128), attention(256, 128), TC(128), attention(512, 256), a linear layer: the
+  ``snail`` defaults) and N-way K-shot training episodes. Training settings as the independent
+  PyTorch reproduction of REFERENCE.md (eambutu/snail-pytorch) has them: Adam 0.0001, 32
+  episodes per step; 50,000 steps stand in for a training length (our choice). A paper
+  sequence holds one query image; ours put one query image per class after the same support
+  set, each as its own sequence (N sequences per episode, scored in one pass). The state is
+  conditioned on the support set from k = 0, so the test takes 0 steps.
+- LEO (Rusu et al. 2019; no Omniglot figures: the paper reports miniImageNet and
+  tieredImageNet): the authors' ``config.py`` (5 latent steps, 5 fine-tuning steps, 64 latent
+  dimensions, dropout 0.5, their regularisation weights and gradient clipping: the ``leo``
+  defaults), 12 episodes per step with 15 query images per class, Adam 0.0001, 100,000 steps,
+  5 latent steps at test. The paper trains LEO on fixed features of a pre-trained WRN-28-10;
+  here the conv4 embedding is trained jointly, end to end (strategies/leo.py).
 
 The ``cpu`` budget: for Prototypical Networks and MAML 5-way 1-shot, reduced budgets that
 train in 11 and 16 minutes on two CPU cores and reach 98.4% and 95.6% (benchmarks/RESULTS.md);
+for SNAIL 5-way 1-shot, 4,000 steps of 8 episodes with 5 query images per class and Adam
+0.001, meant to reach 97% in under 30 minutes on two cores (0.45 s of CPU a step measured on
+a machine busy with other jobs, load 5: 30 minutes of CPU at that rate, less on a quiet one);
+its accuracy at the end is not measured yet: a 140-step smoke reached 32.8%, the loss leaving
+the chance plateau (ln 5) after about 100 steps;
+for LEO 5-way 1-shot, 3,000 steps of 8 episodes with 5 query images per class and Adam 0.001,
+meant to reach 97% in under 30 minutes on two cores (0.4 s of CPU a step on a machine busy
+with other jobs, load 6: 20 minutes of CPU, and a test of 1000 episodes in about a minute); its
+accuracy at the end is not measured yet: a 200-step smoke (the first 200 steps of this budget,
+200 test episodes) reached 90.5% +- 1.3 in 2.7 minutes (1.3 of CPU);
 for the other rows, smaller budgets of the same kind for trying the pipeline on a CPU, not
 tuned for accuracy.
 
@@ -93,11 +119,11 @@ from simulator.evaluator import EvalSettings, Evaluator
 from scenarios.data import load_omniglot
 from simulator.runner import resolve_device
 
-METHODS = ("maml", "fomaml", "protonet", "matching", "reptile")
+METHODS = ("maml", "fomaml", "protonet", "matching", "reptile", "snail", "leo")
 STRATEGY = {"maml": "maml", "fomaml": "maml", "protonet": "protomemory", "matching": "matching",
-            "reptile": "reptile"}
+            "reptile": "reptile", "snail": "snail", "leo": "leo"}
 TITLE = {"maml": "MAML", "fomaml": "first-order MAML", "protonet": "Prototypical Networks (protomemory)",
-         "matching": "Matching Networks", "reptile": "Reptile"}
+         "matching": "Matching Networks", "reptile": "Reptile", "snail": "SNAIL", "leo": "LEO"}
 
 # ../shared/REFERENCE.md, few-shot Omniglot, keyed by (ways, shots). REFERENCE.md has no
 # first-order MAML figures.
@@ -107,6 +133,7 @@ PUBLISHED = {
     "matching": ({(5, 1): 98.1, (5, 5): 98.9, (20, 1): 93.8, (20, 5): 98.5}, "Vinyals et al. 2016, Table 1"),
     "reptile": ({(5, 1): 97.68, (5, 5): 99.48, (20, 1): 89.43, (20, 5): 97.12},
                 "Nichol et al. 2018, Table 1 (transductive)"),
+    "snail": ({(5, 1): 99.07, (5, 5): 99.78, (20, 1): 97.64, (20, 5): 99.36}, "Mishra et al. 2018, Table 1"),
 }
 
 
@@ -142,6 +169,14 @@ def paper_budget(method: str, ways: int, shots: int) -> Budget:
                   "inner_steps": 5 if five else 10, "inner_lr": 0.1, "epsilon": 0.5, "shots": shots,
                   "query": 10 - shots}
         return Budget("paper", params, adapt_steps=50)
+    if method == "snail":
+        params = {"lr": 0.0001, "meta_iterations": 50_000, "meta_batch_size": 32, "shots": shots, "query": 1,
+                  "embedding_dim": 64}
+        return Budget("paper", params, adapt_steps=0)
+    if method == "leo":  # the authors' config.py; LEO's other options default to it (strategies/leo.py)
+        params = {"lr": 0.0001, "meta_iterations": 100_000, "meta_batch_size": 12, "shots": shots, "query": 15,
+                  "embedding_dim": 64, "latent_dim": 64, "inner_steps": 5, "finetune_steps": 5, "dropout": 0.5}
+        return Budget("paper", params, adapt_steps=5)
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
@@ -158,16 +193,20 @@ def cpu_budget(method: str, ways: int, shots: int) -> Budget:
     elif method == "reptile":  # 5 episodes x 5 SGD steps on 50 images: about 1.8 s an iteration on 2 cores
         budget.params.update(meta_iterations=800)
         budget.adapt_steps = 10
+    elif method == "snail":  # 8 episodes x 30 images: 0.45 s of CPU an iteration (2 cores, load 5)
+        budget.params.update(lr=0.001, meta_iterations=4_000 if ways <= 5 else 1_000, meta_batch_size=8, query=5)
+    elif method == "leo":  # 8 episodes x 30 images (5-way 1-shot): 0.4 s of CPU an iteration (2 cores, load 6)
+        budget.params.update(lr=0.001, meta_iterations=3_000 if ways <= 5 else 1_000, meta_batch_size=8, query=5)
     return budget
 
 
 OVERRIDES = {  # command-line option -> strategy parameter, and which strategies have it
     "meta_iterations": ("meta_iterations", METHODS),
     "meta_batch_size": ("meta_batch_size", METHODS),
-    "inner_steps": ("inner_steps", ("maml", "fomaml", "reptile")),
+    "inner_steps": ("inner_steps", ("maml", "fomaml", "reptile", "leo")),
     "inner_lr": ("inner_lr", ("maml", "fomaml", "reptile")),
     "meta_lr": ("meta_lr", ("maml", "fomaml")),
-    "lr": ("lr", ("protonet", "matching")),
+    "lr": ("lr", ("protonet", "matching", "snail", "leo")),
     "epsilon": ("epsilon", ("reptile",)),
     "train_query": ("query", METHODS),
 }
@@ -318,10 +357,11 @@ def main() -> None:
                    help="preset training budget: the papers' (default) or the reduced CPU one")
     p.add_argument("--meta-iterations", type=at_least(1), help="override: meta-iterations (training steps)")
     p.add_argument("--meta-batch-size", type=at_least(1), help="override: episodes per meta-iteration")
-    p.add_argument("--inner-steps", type=at_least(0), help="override (MAML, FOMAML, Reptile): inner steps in training")
+    p.add_argument("--inner-steps", type=at_least(0),
+                   help="override (MAML, FOMAML, Reptile, LEO): inner steps in training")
     p.add_argument("--inner-lr", type=float, help="override (MAML, FOMAML, Reptile): inner step size, also at test")
     p.add_argument("--meta-lr", type=float, help="override (MAML, FOMAML): Adam learning rate")
-    p.add_argument("--lr", type=float, help="override (Prototypical, Matching): Adam learning rate")
+    p.add_argument("--lr", type=float, help="override (Prototypical, Matching, SNAIL, LEO): Adam learning rate")
     p.add_argument("--epsilon", type=float, help="override (Reptile): outer step size")
     p.add_argument("--train-query", type=at_least(1), help="override: query images per class of a training episode")
     p.add_argument("--adapt-steps", type=at_least(0), help="override: adaptation steps at test")

@@ -57,6 +57,10 @@ def check(experiment, streams: dict[int, Stream]) -> None:
         problems, needs = problems + found, needs + held
         for spec in experiment.strategies:
             strategy = strategies.strategy_class(spec.name)(spec.config, label=spec.label)
+            if experiment.evaluation.full_test and strategy.needs_support:
+                problems.append((f"strategies.{spec.label}.strategy",
+                                 f"{spec.name} predicts only from a support set, so it cannot score "
+                                 "evaluation.full_test's support-free k = 0 (set evaluation.full_test = false)"))
             found, held = _strategy(spec, strategy, stream, seed)
             problems, needs = problems + found, needs + held
     available = _host_memory()

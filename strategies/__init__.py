@@ -32,6 +32,7 @@ STRATEGIES = Registry("strategy", {
     "finetune": "strategies.finetune:Finetune",
     "joint": "strategies.joint:Joint",
     "lamaml": "strategies.lamaml:LaMAML",
+    "leo": "strategies.leo:LEO",
     "maml": "strategies.maml:MAML",
     "matching": "strategies.matching:Matching",
     "mer": "strategies.mer:MER",
@@ -40,6 +41,7 @@ STRATEGIES = Registry("strategy", {
     "anml": "strategies.oml:ANML",
     "protomemory": "strategies.protomemory:ProtoMemory",
     "reptile": "strategies.reptile:Reptile",
+    "snail": "strategies.snail:SNAIL",
 })
 
 MODELS = Registry("model", {

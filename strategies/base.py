@@ -151,6 +151,9 @@ class Strategy:
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
     kinds: ClassVar[frozenset[str]] = frozenset({"classification", "regression"})
     protocols: ClassVar[frozenset[str]] = frozenset(PROTOCOLS)
+    # Every state comes from a support set (SNAIL, LEO): no prediction without one, so the
+    # support-free k = 0 of evaluation.full_test is refused before a run starts.
+    needs_support: ClassVar[bool] = False
 
     def __init__(self, config: StrategyConfig | None = None, label: str | None = None):
         self.config = config if config is not None else self.Config()
