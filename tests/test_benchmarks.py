@@ -83,3 +83,21 @@ def test_omniglot_reproduction_refuses_bad_input_before_training(options, messag
     assert done.returncode == 2, done.stderr[-3000:]
     assert message in done.stderr and "Traceback" not in done.stderr
     assert "iterations" not in done.stdout                                  # nothing trained
+
+
+def test_seed_summaries_give_student_t_intervals_over_seeds():
+    # three seeds 70, 72, 74: mean 72, sd 2, half-width t(0.975, 2) * 2 / sqrt(3) = 4.97
+    import reproduce_lamaml
+    import reproduce_mer
+    import reproduce_oml
+
+    lamaml = [{"dataset": "rotated-mnist", "method": "lamaml", "impl": "native", "seed": s, "RA": ra, "LA": 80.0,
+               "BTI": -8.0, "s_per_batch": 0.01, "params": {"first_order": False, "glances": 5}}
+              for s, ra in enumerate((70.0, 72.0, 74.0))]
+    line = reproduce_lamaml.seed_summary(lamaml).splitlines()[-1]
+    assert "| 72.00 ± 4.97 | 77.4 | 80.00 ± 0.00 |" in line and "| second | 5 |" in line and "0, 1, 2" in line
+    mer = [{"benchmark": "permutations", "variant": "mer", "seed": s, "RA": ra, "LA": 80.0, "BTI": -8.0,
+            "online_accuracy": 70.0, "ms_per_batch": 10.0} for s, ra in enumerate((70.0, 72.0, 74.0))]
+    assert "| 72.00 ± 4.97 | 73.0 |" in reproduce_mer.seed_summary(mer)
+    oml = [{"method": "oml", "classes": 10, "seed": s, "accuracy": a} for s, a in enumerate((0.70, 0.72, 0.74))]
+    assert "72.0 ±  5.0  (3 seeds)" in reproduce_oml.summary_table(oml)
