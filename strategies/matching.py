@@ -27,15 +27,15 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
-from scenarios.base import Episodes, StreamSpec, Support
-from strategies.protomemory import EmbeddingConfig, EmbeddingStrategy, embed, fill_absent
+from scenarios.base import Episodes, Support
+from strategies.protomemory import EmbeddingConfig, EmbeddingStrategy, LastBatchSupport, embed, fill_absent
 
 
 class MatchingConfig(EmbeddingConfig):
@@ -64,7 +64,7 @@ def class_probabilities(query: Tensor, support: Tensor, labels: Tensor, num_clas
     return attention @ F.one_hot(labels, num_classes).to(attention.dtype)
 
 
-class Matching(EmbeddingStrategy):
+class Matching(LastBatchSupport, EmbeddingStrategy):
     """Matching Networks: classify a query by cosine attention over the support set."""
 
     name = "matching"
@@ -78,16 +78,6 @@ class Matching(EmbeddingStrategy):
         target = probs.gather(-1, episodes.query_y.unsqueeze(-1))
         return -target.log().mean()
 
-    def setup(self, model: nn.Module, spec: StreamSpec, device, seed: int = 0) -> None:
-        super().setup(model, spec, device, seed)
-        self.online_support: tuple[Tensor, Tensor] | None = None
-
-    @torch.no_grad()
-    def observe(self, x: Tensor, y: Tensor, task: int | None = None) -> dict[str, Any]:
-        """Online: the last observed batch becomes the support set of the next predictions."""
-        self.online_support = (x.clone(), y.clone())
-        return {}
-
     @torch.no_grad()
     def predict_online(self, x: Tensor) -> Tensor:
         """``log p(c | x)`` ``(B, C)`` by attention over the last observed batch (zeros before any)."""
@@ -96,14 +86,6 @@ class Matching(EmbeddingStrategy):
         sx, sy = self.online_support
         state = SupportState(embed(self.model, sx.unsqueeze(0)), sy.unsqueeze(0))
         return self.predict(state, x.unsqueeze(0))[0]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "online_support": self.online_support}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        support = state.get("online_support")
-        self.online_support = None if support is None else tuple(t.to(self.device) for t in support)
 
     @torch.no_grad()
     def adapt(self, support: Support, steps: int) -> Iterator[SupportState]:

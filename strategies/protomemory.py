@@ -201,6 +201,34 @@ class PrototypeState:
     batched: bool
 
 
+class LastBatchSupport:
+    """Online behaviour shared by the embedding strategies that read a support set (Matching
+    Networks, SNAIL): ``observe`` keeps the last observed batch as the support set of the next
+    ``predict_online`` calls, and the checkpoints carry it. List it before the strategy's base
+    class (``class Matching(LastBatchSupport, EmbeddingStrategy)``); the strategy's
+    ``predict_online`` reads :attr:`online_support` (``None`` before the first batch)."""
+
+    online_support: tuple[Tensor, Tensor] | None = None
+
+    def setup(self, model: nn.Module, spec: StreamSpec, device, seed: int = 0) -> None:
+        super().setup(model, spec, device, seed)
+        self.online_support = None
+
+    @torch.no_grad()
+    def observe(self, x: Tensor, y: Tensor, task: int | None = None) -> dict[str, Any]:
+        """Online: the last observed batch becomes the support set of the next predictions."""
+        self.online_support = (x.clone(), y.clone())
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "online_support": self.online_support}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        support = state.get("online_support")
+        self.online_support = None if support is None else tuple(t.to(self.device) for t in support)
+
+
 class ProtoMemory(EmbeddingStrategy):
     """Prototypical embedding plus a lifelong memory of class prototypes (nearest prototype)."""
 

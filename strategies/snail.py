@@ -108,7 +108,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from scenarios.base import Episodes, StreamSpec, Support, Task
-from strategies.protomemory import EmbeddingConfig, EmbeddingStrategy, embed, fill_absent
+from strategies.protomemory import EmbeddingConfig, EmbeddingStrategy, LastBatchSupport, embed, fill_absent
 
 
 class SNAILConfig(EmbeddingConfig):
@@ -294,7 +294,7 @@ class ConditionedState:
         return self.slot.shape[0]
 
 
-class SNAIL(EmbeddingStrategy):
+class SNAIL(LastBatchSupport, EmbeddingStrategy):
     """SNAIL: temporal convolutions and causal attention over the labelled support sequence."""
 
     name = "snail"
@@ -331,7 +331,6 @@ class SNAIL(EmbeddingStrategy):
             self.head = SnailHead(features, self.slots, c.key_sizes, c.value_sizes, c.tc_filters, depth)
         self.head.to(self.device)
         self.optimizer = torch.optim.Adam([*self.model.parameters(), *self.head.parameters()], lr=c.lr)
-        self.online_support: tuple[Tensor, Tensor] | None = None
 
     # -- conditioning and prediction -------------------------------------------------------------
     def condition(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> ConditionedState:
@@ -392,12 +391,6 @@ class SNAIL(EmbeddingStrategy):
 
     # -- online ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def observe(self, x: Tensor, y: Tensor, task: int | None = None) -> dict[str, Any]:
-        """Online: the last observed batch becomes the support set of the next predictions."""
-        self.online_support = (x.clone(), y.clone())
-        return {}
-
-    @torch.no_grad()
     def predict_online(self, x: Tensor) -> Tensor:
         """Logits ``(B, C)`` of each item after the last observed batch (zeros before any)."""
         if self.online_support is None:
@@ -407,10 +400,8 @@ class SNAIL(EmbeddingStrategy):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "head": self.head.state_dict(), "online_support": self.online_support}
+        return {**super().state_dict(), "head": self.head.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.head.load_state_dict(state["head"])
-        support = state.get("online_support")
-        self.online_support = None if support is None else tuple(t.to(self.device) for t in support)
