@@ -1,10 +1,10 @@
 """Sweep throughput with 1 and with 2 local workers, in one process.
 
-Sixteen short trials (split-digits, finetune with 8 learning rates x 2 seeds) run once with
+Sixteen trials (split-digits, finetune with 8 learning rates x 2 seeds) run once with
 ``--workers 1`` (in this process) and once with ``--workers 2`` (a spawned process pool, one
 torch thread each); the script checks both give the same tensors and prints the speed-up.
 
-    python benchmarks/sweep_scaling.py [--workers 2] [--tasks 5] [--epochs 10]
+    python benchmarks/sweep_scaling.py [--workers 2] [--tasks 5] [--epochs 150]
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=2, help="workers of the parallel run")
     p.add_argument("--tasks", type=int, default=5, help="tasks per trial")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per task")
+    p.add_argument("--epochs", type=int, default=150,
+                   help="epochs per task (default 150: trials of a few seconds, so that the workers' start-up "
+                        "does not dominate)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -189,27 +189,37 @@ def _one_paragraph(text: str) -> str:
 _callable_families: dict[str, Family] = {}
 
 
-def _import_target(target: str) -> Callable:
+def import_named(target: str, what: str, error: type[Exception], form: str = "package.module:name") -> Any:
+    """The object that ``target = "package.module:name"`` names (``name`` may be dotted:
+    ``Outer.Inner``), importing the module; every problem raises ``error`` with one paragraph
+    naming ``what`` (``"scenario"``, ``"strategy"``, ``"model"``) and the target.
+
+    The current directory is searched after the installed packages: the ``lifelong`` script
+    does not put it on ``sys.path``, and a user's module usually lies there (as uvicorn and
+    gunicorn do).
+    """
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr or ":" in attr:
-        raise ScenarioError(f"{target!r} is not of the form 'package.module:function'")
-    # The `lifelong` script does not put the current directory on sys.path; a user's stream
-    # module usually lives there, so look there too (as uvicorn and gunicorn do).
+        raise error(f"{target!r} is not of the form {form!r}")
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        obj = importlib.import_module(module_name)
     except ImportError as err:
-        raise ScenarioError(f"cannot import module {module_name!r} for scenario {target!r} ({err}); it must be "
-                            f"installed or lie in the current directory ({os.getcwd()})") from None
+        raise error(f"cannot import module {module_name!r} for {what} {target!r} ({err}); it must be "
+                    f"installed or lie in the current directory ({os.getcwd()})") from None
     except Exception as err:  # the user's module itself fails: report it, not a traceback
-        raise ScenarioError(f"importing module {module_name!r} for scenario {target!r} failed: "
-                            f"{type(err).__name__}: {_one_paragraph(str(err))}") from None
-    fn = module
+        raise error(f"importing module {module_name!r} for {what} {target!r} failed: "
+                    f"{type(err).__name__}: {_one_paragraph(str(err))}") from None
     for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise ScenarioError(f"module {module_name!r} has no attribute {attr!r} (scenario {target!r})")
-        fn = getattr(fn, part)
+        if not hasattr(obj, part):
+            raise error(f"module {module_name!r} has no attribute {attr!r} ({what} {target!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _import_target(target: str) -> Callable:
+    fn = import_named(target, "scenario", ScenarioError, form="package.module:function")
     if not callable(fn):
         raise ScenarioError(f"{target!r} is a {type(fn).__name__}, not a function returning a Stream")
     return fn

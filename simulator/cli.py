@@ -1,8 +1,11 @@
 """The ``lifelong`` command line.
 
     lifelong run EXPERIMENT.toml [--set key=value ...] [--seeds 0,1,2] [--device cpu|cuda|auto] [--out DIR] [--quiet]
-    lifelong report RUN_DIR [RUN_DIR ...] [--out DIR]
-    lifelong list
+    lifelong report RUN_DIR [RUN_DIR ...] [--out DIR] [--compare A,B ...]
+    lifelong report SWEEP_DIR [--out DIR]
+    lifelong sweep EXPERIMENT.toml [--data-root DIR] [--workers N] ...
+    lifelong export RUN_OR_SWEEP_DIR [--out FILE.csv]
+    lifelong list [NAME]
     lifelong data download NAME [--data-root DIR] [--timeout SECONDS]
     lifelong data check [NAME ...] [--data-root DIR]
 
@@ -83,23 +86,39 @@ def parser() -> argparse.ArgumentParser:
                                     "unfinished ones; results go to results.db, trials/<id>/ and summary.md. "
                                     "Run it again to skip finished trials and resume interrupted ones.")
     _experiment_options(sw)
+    sw.add_argument("--data-root", metavar="DIR",
+                    help="folder of the data files, replacing the file's data_root and $LIFELONG_DATA (default ./data)")
     sw.add_argument("--out", help="output directory (default: reports/<experiment name>-sweep)")
     sw.add_argument("--workers", type=int, default=1, help="parallel trials (default 1: in this process)")
     sw.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local process pool (default) or Ray tasks")
     sw.add_argument("--address", help="address of an existing Ray cluster (with --backend ray), e.g. 10.0.0.5:6379")
     sw.add_argument("--quiet", action="store_true", help="print only the final lines")
-    ex = sub.add_parser("export", help="write the metrics of a run or sweep directory's results.db as CSV")
-    ex.add_argument("directory", help="a sweep output directory (holding results.db)")
+    ex = sub.add_parser("export", help="write the metrics of a run or sweep directory as CSV",
+                        description="One row per metric, strategy, seed and k (and trial, for a sweep: one "
+                                    "column per grid key), from a run directory's results.json or a sweep "
+                                    "directory's results.db.")
+    ex.add_argument("directory", help="a run directory (holding results.json) or a sweep directory (results.db)")
     ex.add_argument("--out", help="CSV file (default: <directory>/metrics.csv)")
-    sub.add_parser("list", help="list strategies, scenarios and models with their parameters and defaults")
+    ls = sub.add_parser("list", help="list the keys of an experiment file: top level, [evaluation], [online], "
+                                     "[logging], and every scenario, strategy and model with its parameters and "
+                                     "defaults")
+    ls.add_argument("name", nargs="?", metavar="NAME",
+                    help="show only the entries (keys, scenarios, strategies, models) whose name contains NAME "
+                         "(ignoring case)")
     _data_parser(sub)
-    rep = sub.add_parser("report", help="write the HTML and Markdown report of one or more run directories",
+    rep = sub.add_parser("report", help="write the HTML and Markdown report of run directories or of a sweep",
                          description="Write index.html (self-contained) and report.md with figures/*.png from "
-                                     "run directories; several directories give one comparison report.")
-    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a directory written by `lifelong run`")
-    rep.add_argument("--out", help="output directory (default: the run directory itself for one, "
+                                     "run directories; several directories give one comparison report; a sweep "
+                                     "directory (of `lifelong sweep`) gives the sweep's report.")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                     help="a directory written by `lifelong run`, or one sweep directory")
+    rep.add_argument("--out", help="output directory (default: the run or sweep directory itself for one, "
                                    "reports/comparison-<names> for several)")
+    rep.add_argument("--compare", action="append", default=[], metavar="A,B",
+                     help="tabulate only these pairs of strategies (A minus B, paired by seed; repeatable), "
+                          "named as the report shows them: the label, or 'label [run directory]' where a label "
+                          "is in several run directories (default: every pair)")
     return p
 
 
@@ -174,22 +193,35 @@ def _describe_params(model, indent: str = "      ") -> list[str]:
 
 
 def list_command() -> str:
-    """The text of ``lifelong list``, rendered from the registries: every scenario, strategy and
-    model with its parameters, types, defaults and descriptions. Imports every registered
-    module, hence torch (seconds); :func:`cached_list` is the fast path of the command."""
+    """The text of ``lifelong list``: every key of an experiment file (the top level,
+    ``[evaluation]``, ``[online]``, ``[logging]``) and, from the registries, every scenario, strategy and model
+    with its parameters, types, defaults and descriptions. Imports every registered module,
+    hence torch (seconds); :func:`cached_list` is the fast path of the command.
+
+    The text is sections separated by a blank line: a heading, then entries, each a line
+    indented by two spaces that starts with the entry's name and a colon, followed by its
+    parameters indented by six (:func:`filter_list` relies on this shape).
+    """
     import scenarios
     import strategies
+    from simulator.config import EvaluationParams, LoggingParams, OnlineParams, TopLevel
 
-    out = ["Scenarios (experiment file: [scenario] name = ...)"]
+    out = ["Experiment file, top level (keys outside any table)"] + _describe_params(TopLevel, "  ")
+    out += ["", "[evaluation] (how every task is scored)"] + _describe_params(EvaluationParams, "  ")
+    out += ["", "[online] (online streams only)"] + _describe_params(OnlineParams, "  ")
+    out += ["", "[logging] (what a run logs)"] + _describe_params(LoggingParams, "  ")
+    out += ["", "Scenarios (experiment file: [scenario] name = ..., or 'package.module:function' of your own)"]
     for name in scenarios.available():
         fam = scenarios.family(name)
         out += [f"  {name}: {fam.description}"] + _describe_params(fam.params)
-    out += ["", "Strategies (experiment file: [strategies.<label>], strategy = name, default: the label)"]
+    out += ["", "Strategies (experiment file: [strategies.<label>], strategy = name, default: the label; or "
+                "'package.module:Class' of your own)"]
     for name in strategies.available():
         cls = strategies.strategy_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         out += [f"  {name}: {doc}"] + _describe_params(cls.Config)
-    out += ["", "Models (experiment file: [model] name = ..., or [strategies.<label>.model])"]
+    out += ["", "Models (experiment file: [model] name = ..., or [strategies.<label>.model]; or "
+                "'package.module:factory' of your own)"]
     for name in strategies.MODELS.names():
         cls = strategies.MODELS.get(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0]
@@ -197,17 +229,65 @@ def list_command() -> str:
     return "\n".join(out)
 
 
+def filter_list(text: str, name: str) -> str | None:
+    """The sections of a :func:`list_command` text reduced to the entries whose name contains
+    ``name``, ignoring case (a section left without entries is dropped), or ``None`` when no
+    entry matches.
+
+    Example:
+        >>> text = "Models\\n  mlp: perceptron\\n      hidden: list[int]\\n  conv4: conv net"
+        >>> print(filter_list(text, "MLP"))
+        Models
+          mlp: perceptron
+              hidden: list[int]
+        >>> filter_list(text, "resnet") is None
+        True
+    """
+    wanted = name.casefold()
+    sections = []
+    for section in text.split("\n\n"):
+        heading, *lines = section.split("\n")
+        kept, keep = [], False
+        for line in lines:
+            if not line.startswith("   "):  # an entry's first line; its parameters are indented further
+                keep = wanted in line.strip().partition(":")[0].casefold()
+            if keep:
+                kept.append(line)
+        if kept:
+            sections.append("\n".join([heading, *kept]))
+    return "\n\n".join(sections) if sections else None
+
+
+def list_main(name: str | None) -> int:
+    """``lifelong list [NAME]``: print the list, or its entries matching ``name``; exit 2 if none does."""
+    text = cached_list()
+    if name is None:
+        print(text)
+        return 0
+    found = filter_list(text, name)
+    if found is None:
+        print(f"lifelong: error: no experiment-file key, scenario, strategy or model has a name containing "
+              f"{name!r} (ignoring case); `lifelong list` without a name shows them all", file=sys.stderr)
+        return EXIT_USAGE
+    print(found)
+    return 0
+
+
 LIST_PACKAGES = ("scenarios", "strategies")
-"""The packages whose sources :func:`list_command` renders (with this module's)."""
+"""The packages whose sources :func:`list_command` renders (with this module's and :data:`LIST_MODULES`)."""
+
+LIST_MODULES = ("simulator/config.py", "simulator/loggers.py")
+"""Further sources of :func:`list_command`, relative to the project: the experiment file's own
+keys, and the loggers that ``[logging] loggers`` may name."""
 
 
 def _list_key() -> str:
     """The sha256 of everything the text of :func:`list_command` depends on: this module, every
-    source file of :data:`LIST_PACKAGES`, and the Python and pydantic versions (type names and
-    field semantics). Computed without importing any of them."""
+    source file of :data:`LIST_PACKAGES` and :data:`LIST_MODULES`, and the Python and pydantic
+    versions (type names and field semantics). Computed without importing any of them."""
     from importlib import metadata, util
 
-    sources = [Path(__file__)]
+    sources = [Path(__file__)] + [Path(__file__).parents[1] / m for m in LIST_MODULES]
     for package in LIST_PACKAGES:
         for folder in util.find_spec(package).submodule_search_locations:
             sources += sorted(Path(folder).rglob("*.py"))
@@ -318,10 +398,11 @@ def _remove_if_empty(out: Path, created: bool) -> None:
 
 def report_command(args) -> int:
     from simulator.report import ReportError, default_out_dir, write_report
+    from simulator.report.compare import parse_pairs
 
     out = Path(args.out) if args.out else default_out_dir(args.run_dirs)
     try:
-        index = write_report(args.run_dirs, out)
+        index = write_report(args.run_dirs, out, pairs=parse_pairs(args.compare))
     except ReportError as err:
         print(f"lifelong: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -353,7 +434,7 @@ def sweep_command(args) -> int:
     from simulator.sweep import SweepError, load_sweep, run_sweep
 
     try:
-        sweep = load_sweep(args.experiment, args.overrides, args.seeds, args.device)
+        sweep = load_sweep(args.experiment, args.overrides, args.seeds, args.device, args.data_root)
         for device in {t.config["device"] for t in sweep.trials}:
             resolve_device(device)
         if args.workers < 1:
@@ -405,13 +486,30 @@ def sweep_command(args) -> int:
 
 
 def export_command(args) -> int:
-    from simulator.store import ResultsDB, StoreError, errors_named
+    """``lifelong export DIR``: a sweep directory's ``results.db`` (one column per grid key) or a
+    run directory's ``results.json`` as CSV."""
+    from simulator.store import ResultsDB, RunDirectoryError, StoreError, errors_named, export_run_csv
 
-    db_path = Path(args.directory) / "results.db"
+    directory = Path(args.directory)
+    db_path = directory / "results.db"
+    out = Path(args.out) if args.out else directory / "metrics.csv"
     if not db_path.is_file():
-        print(f"lifelong: error: no results database at {db_path}", file=sys.stderr)
-        return EXIT_USAGE
-    out = Path(args.out) if args.out else Path(args.directory) / "metrics.csv"
+        if not (directory / "results.json").is_file():
+            what = "no such directory" if not directory.exists() else "neither results.db nor results.json is there"
+            print(f"lifelong: error: {directory} is not a run directory (written by `lifelong run`, holding "
+                  f"results.json) or a sweep directory (written by `lifelong sweep`, holding results.db): {what}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            count = export_run_csv(directory, out)
+        except RunDirectoryError as err:
+            print(f"lifelong: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as err:
+            print(f"lifelong: cannot export {directory} to {out}: {err.strerror or err}", file=sys.stderr)
+            return 1
+        print(f"exported {count} metric rows to {out}")
+        return 0
     try:
         db = ResultsDB(db_path, create=False)
         try:
@@ -439,8 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         return export_command(args)
     if args.command == "list":
-        print(cached_list())
-        return 0
+        return list_main(args.name)
     if args.command == "report":
         return report_command(args)
     if args.command == "data":

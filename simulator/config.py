@@ -52,6 +52,7 @@ import strategies
 from scenarios.base import Params, ScenarioError
 from scenarios.data import resolve_data_root
 from simulator.evaluator import EvalSettings
+from simulator.loggers import LOGGERS, LoggingSettings, tensorboard_problem
 from simulator.online import OnlineSettings
 
 
@@ -72,6 +73,17 @@ class EvaluationParams(Params):
     chunk: int | None = Field(None, gt=0, description="episodes adapted at once (default: all)")
     full_test: bool = Field(False, description="score k = 0 on each task's whole test pool (as Avalanche does); "
                                                "k > 0 adapts on `episodes` support sets from the training pool")
+    eval_every: int = Field(1, gt=0, description="task streams: rows 0, every eval_every-th and the last are scored "
+                                                 "as `columns` says; the others score only the task just learned "
+                                                 "and the next (forgetting and average incremental accuracy then "
+                                                 "need eval_every = 1)")
+    columns: Literal["all", "seen+next"] = Field("seen+next", description="tasks a scheduled row scores: all, or the "
+                                                                   "tasks learned so far and the next (row 0: "
+                                                                   "all); every metric stays exact")
+    adapt_cells: Literal["all", "metrics"] = Field("all", description="cells scored after k > 0 steps: all, or "
+                                                                      "only the task just learned, the next task "
+                                                                      "and the first and last rows (metrics at "
+                                                                      "k = K that read other cells are then NaN)")
 
 
 class OnlineParams(Params):
@@ -80,6 +92,23 @@ class OnlineParams(Params):
     pretrain: bool = Field(True, description="online streams: learn the stream's pre-training tasks first")
     recovery_window: int = Field(20, gt=0, description="online streams: batches after a switch that the recovery "
                                                        "curve covers")
+
+
+class LoggingParams(Params):
+    """The ``[logging]`` table: what a run logs into ``logs/`` of its run directory (simulator.loggers)."""
+
+    loggers: list[Literal[LOGGERS]] = Field(["csv"], description="csv (logs/<label>-seed<seed>.csv) and/or "
+                                                                 "tensorboard (logs/tensorboard/; needs the "
+                                                                 "tensorboard extra); [] logs nothing")
+    every: int = Field(10, gt=0, description="iterations of a task (online: batches) between two logged "
+                                             "per-iteration values")
+
+    @field_validator("loggers")
+    @classmethod
+    def _once_each(cls, loggers: list[str]) -> list[str]:
+        if len(set(loggers)) != len(loggers):
+            raise ValueError(f"must not repeat a logger: {loggers}")
+        return loggers
 
 
 MAX_THREADS = 4096
@@ -120,6 +149,7 @@ class TopLevel(Params):
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"}, description="backbone: name plus parameters")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="evaluation settings")
     online: dict[str, Any] = Field(default_factory=dict, description="online-loop settings (online streams only)")
+    logging: dict[str, Any] = Field(default_factory=dict, description="what runs log: loggers, every")
     strategies: dict[str, dict[str, Any]] = Field(min_length=1, description="label -> strategy table")
     data_root: str | None = Field(None, min_length=1, description="folder of the data files (default: $LIFELONG_DATA, else ./data)")
 
@@ -178,6 +208,7 @@ class Experiment:
     evaluation: EvalSettings
     strategies: tuple[StrategySpec, ...]
     online: OnlineSettings = OnlineSettings()
+    logging: LoggingSettings = LoggingSettings()
 
     def resolved(self) -> dict[str, Any]:
         return {
@@ -185,6 +216,7 @@ class Experiment:
             "scenario": {"name": self.scenario_name, **self.scenario_params.model_dump()},
             "evaluation": dataclasses.asdict(self.evaluation),
             "online": dataclasses.asdict(self.online),
+            "logging": {"loggers": list(self.logging.loggers), "every": self.logging.every},
             "strategies": {s.label: {"strategy": s.name, **s.config.model_dump(),
                                      "model": {"name": s.model_name, **s.model_params.model_dump()}}
                            for s in self.strategies},
@@ -243,7 +275,7 @@ def _problems(err: ValidationError, prefix: str, model: type[Params]) -> list[tu
         loc = [str(p) for p in e["loc"]]
         path = ".".join(([prefix] if prefix else []) + loc)
         if e["type"] == "extra_forbidden":
-            msg = f"unknown key (valid keys: {', '.join(model.model_fields)})"
+            msg = f"unknown key (valid keys: {', '.join(model.model_fields) or 'none'})"
         elif e["type"] in _MESSAGES:
             msg = _MESSAGES[e["type"]](e)
         else:
@@ -267,7 +299,11 @@ def _lookup(registry, name: Any, path: str, problems: list):
     try:
         return registry.get(name)
     except KeyError:
-        problems.append((path, f"unknown {registry.what} {name!r} (valid: {', '.join(registry.names())})"))
+        problems.append((path, f"unknown {registry.what} {name!r} (valid: {', '.join(registry.names())}); "
+                               f"one of your own is named 'package.module:name'"))
+        return None
+    except strategies.UserCodeError as err:  # a user's "package.module:name" that cannot serve
+        problems.append((path, str(err)))
         return None
 
 
@@ -392,6 +428,9 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
 
     evaluation = _validate(EvaluationParams, top.evaluation, "evaluation", problems)
     online = _validate(OnlineParams, top.online, "online", problems)
+    logging = _validate(LoggingParams, top.logging, "logging", problems)
+    if logging is not None and "tensorboard" in logging.loggers and (problem := tensorboard_problem()):
+        problems.append(("logging.loggers", problem))
     if evaluation is not None and evaluation.full_test and getattr(scenario_params, "protocol", None) == "few-shot":
         problems.append(("evaluation.full_test", "needs a class-, task- or domain-incremental stream: few-shot "
                                                  "labels only mean something within an episode"))
@@ -406,7 +445,8 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
             continue
         prefix = f"strategies.{label}"
         table = dict(table)
-        cls = _lookup(strategies.STRATEGIES, table.pop("strategy", label), f"{prefix}.strategy", problems)
+        strategy_name = table.pop("strategy", label)
+        cls = _lookup(strategies.STRATEGIES, strategy_name, f"{prefix}.strategy", problems)
         model_table = table.pop("model", default_model)
         model_prefix = f"{prefix}.model" if model_table is not default_model else "model"
         if not isinstance(model_table, dict):
@@ -418,11 +458,14 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
             model_cls.Params, {k: v for k, v in model_table.items() if k != "name"}, model_prefix, problems)
         config = cls and _validate(cls.Config, table, prefix, problems)
         if cls and config and model_params:
-            specs.append(StrategySpec(label, cls.name, config, model_name, model_params, model_prefix))
+            # A user's class is recorded by its target, so that config.json re-imports it (resume, sweeps).
+            name = strategy_name if ":" in strategy_name else cls.name
+            specs.append(StrategySpec(label, name, config, model_name, model_params, model_prefix))
 
     if problems:  # the shared [model] table is checked once per strategy: report it once
         raise ConfigError(source, list(dict.fromkeys(problems)))
     return Experiment(name=top.name or default_name, source=source, seeds=tuple(top.seeds),
                       device=top.device, threads=top.threads, scenario_name=family.name,
                       scenario_params=scenario_params, evaluation=EvalSettings(**evaluation.model_dump()),
-                      strategies=tuple(specs), online=OnlineSettings(**online.model_dump()))
+                      strategies=tuple(specs), online=OnlineSettings(**online.model_dump()),
+                      logging=LoggingSettings(tuple(logging.loggers), logging.every))

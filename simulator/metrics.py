@@ -125,6 +125,27 @@ def steps_to_threshold(score, frac: float = 0.9) -> np.ndarray:
     return first
 
 
+def new_task_steps(score, frac: float = 0.9) -> float:
+    """Mean over j of steps_to_threshold[j, j]: steps to adapt to task j before it was learned
+    (NaN if a cell never reaches the threshold).
+
+    Example:
+        >>> new_task_steps(np.array([[[0.0, 0.5, 1.0]], [[1.0, 1.0, 1.0]]]))  # T = 1, K = 2
+        2.0
+    """
+    steps = steps_to_threshold(score, frac)
+    return float(np.mean([steps[j, j] for j in range(steps.shape[1])]))
+
+
+def recovery_steps(score, frac: float = 0.9) -> float:
+    """Mean over j < T-1 of steps_to_threshold[T, j]: steps to re-adapt to old tasks at the end."""
+    steps = steps_to_threshold(score, frac)
+    T = steps.shape[1]
+    if T < 2:
+        return math.nan
+    return float(steps[T, : T - 1].mean())
+
+
 def new_task_adaptation(score) -> float:
     """Mean over j of adaptation_auc[j, j]: adapting to task j before it was learned."""
     auc = adaptation_auc(score)
@@ -169,6 +190,29 @@ def t_quantile_975(dof: int) -> float:
     from scipy.stats import t  # only needed when aggregating
 
     return float(t.ppf(0.975, dof))
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, float | int]:
+    """A minus B paired by seed: the mean of ``a[s] - b[s]`` over the seeds both have, its
+    sample std and 95% confidence half-width (Student's t on the differences), and ``n``.
+
+    NaN mean with no common seed; NaN std and half-width with one pair; a non-finite value in
+    any pair makes every number NaN (nothing hidden).
+
+    Example:
+        >>> d = paired_difference({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.1})
+        >>> round(d["mean"], 6), round(d["ci95"], 3), d["n"]
+        (0.3, 0.248, 3)
+    """
+    common = sorted(set(a) & set(b))
+    diff = np.array([a[s] - b[s] for s in common], dtype=float)
+    n = len(common)
+    if n == 0 or not np.isfinite(diff).all():
+        return {"mean": math.nan, "std": math.nan, "ci95": math.nan, "n": n}
+    if n == 1:
+        return {"mean": float(diff[0]), "std": math.nan, "ci95": math.nan, "n": 1}
+    std = float(diff.std(ddof=1))
+    return {"mean": float(diff.mean()), "std": std, "ci95": t_quantile_975(n - 1) * std / math.sqrt(n), "n": n}
 
 
 def aggregate(summaries: Sequence[Mapping[str, float | np.ndarray]]) -> dict[str, dict[str, float | np.ndarray]]:

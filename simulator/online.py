@@ -82,11 +82,14 @@ def batch_score(outputs: Tensor, y: Tensor, kind: str) -> Tensor:
 def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings: EvalSettings,
                online: OnlineSettings, device: torch.device | str = "cpu", checkpoint: Path | None = None,
                resume: bool = False, identity: dict[str, Any] | None = None, policy=None, stop=None,
-               progress=None):
+               progress=None, log=None):
     """Run ``strategy`` over the online stream ``stream`` (see the module docstring).
 
     The arguments are those of :func:`simulator.runner.run`, plus ``online``. Same seed, same
-    thread count: bit-identical results, resumed or not.
+    thread count: bit-identical results, resumed or not. With ``log``, every ``log.every``
+    batches the online score of those batches, what ``observe`` returned for the last one and
+    :meth:`~strategies.base.Strategy.log_scalars` are logged (``online/`` tags), and each row
+    of the anytime tensor (``eval/`` tags).
     """
     from simulator.runner import CheckpointPolicy, Interrupted, RunResult, _peak_memory_mb, _Run, _sync
 
@@ -108,7 +111,7 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
             "eval_batches": points, "pools": list(stream.pools), "columns": list(stream.column_names),
             "recovery_window": online.recovery_window, "online_seconds": 0.0}
         state = _Run(strategy, result, device, checkpoint, identity or {}, policy or CheckpointPolicy(), stop,
-                     progress)
+                     progress, log)
         pretrain = list(stream.pretrain) if online.pretrain and stream.pretrain is not None else []
 
         def evaluate_row(h: int) -> None:
@@ -118,6 +121,7 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
             result.eval_seconds.append(time.perf_counter() - start)
 
         position = state.restore() if resume and checkpoint is not None and checkpoint.exists() else 0
+        state.open_log()
         for i in range(position, len(pretrain)):
             state.learn(i, pretrain[i], f"pre-training: {pretrain[i].name}")
             state.save(i + 1)
@@ -126,6 +130,7 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
         first = max(position - len(pretrain), 0)
         if first == 0:
             evaluate_row(0)
+            state.log_row(0, batches=0, task=-1)
         if progress is not None:
             progress.online_start(first, length)
         correct = torch.full((length,), float("nan"), dtype=torch.float64, device=device)
@@ -136,11 +141,14 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
             batch = stream.batch(t)
             x, y = batch.x.to(device), batch.y.to(device)
             correct[t] = batch_score(strategy.predict_online(x), y, stream.spec.kind)
-            strategy.observe(x, y, batch.task if given else None)
+            observed = strategy.observe(x, y, batch.task if given else None)
             done = t + 1
+            if log is not None and log.due(done):
+                _log_batches(state, done, correct, observed, batch.task, stream.spec.kind)
             if done in row_after:
                 evaluating = time.perf_counter()
                 evaluate_row(row_after[done])
+                state.log_row(row_after[done], batches=done, task=-1)
                 started += time.perf_counter() - evaluating  # online_seconds: the loop alone
             if progress is not None:
                 progress.online_step(done, correct)
@@ -155,6 +163,18 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
         result.learn_seconds.append(result.online["online_seconds"])
         result.peak_memory_mb.append(_peak_memory_mb(device))
     return result
+
+
+def _log_batches(state, done: int, correct: Tensor, observed: dict[str, Any], task: int, kind: str) -> None:
+    """Log after ``done`` batches: the mean online score of the last ``every`` batches
+    (``online/accuracy``, or ``online/mse`` for regression), what ``observe`` returned for the
+    last batch, and the strategy's own numbers (a host synchronisation: only at this interval)."""
+    log = state.log
+    score = float(correct[done - log.every:done].mean())
+    values = {"accuracy": score} if kind == "classification" else {"mse": -score}
+    step = log.steps_done + done
+    log.record({**values, **(observed or {})}, step, int(task), prefix="online/")
+    log.record(state.strategy.log_scalars(), step, int(task), prefix="online/")
 
 
 def _due(state, done: int, stop) -> bool:

@@ -139,7 +139,7 @@ def _differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -
 
 
 def _is_ours(path: Path) -> bool:
-    return (path.name in RUN_FILES + ("config.json", "checkpoints", "figures", ".lock", ".write-check")
+    return (path.name in RUN_FILES + ("config.json", "checkpoints", "figures", "logs", ".lock", ".write-check")
             or (path.name.startswith(".") and path.name.endswith(".tmp")))
 
 
@@ -153,7 +153,7 @@ def clear(out_dir: Path) -> None:
 
     for name in RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
-    for folder in ("checkpoints", "figures"):
+    for folder in ("checkpoints", "figures", "logs"):  # logs: simulator.loggers
         if (out_dir / folder).is_dir():
             shutil.rmtree(out_dir / folder)
     remove_temporaries(out_dir)

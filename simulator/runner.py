@@ -40,6 +40,7 @@ from simulator import metrics, preflight
 from simulator.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, seeded, set_rng_state
 from simulator.files import config_hash, to_json
 from simulator.evaluator import EvalSettings, Evaluator
+from simulator.loggers import LogError, RunLog
 from simulator.recurring import reduce_recurring
 from strategies.base import DivergenceError, Strategy, TaskLoop
 
@@ -176,9 +177,13 @@ class _Run:
     """One (strategy, seed) run's checkpointing: what a checkpoint holds and when one is saved."""
 
     def __init__(self, strategy: Strategy, result: RunResult, device: torch.device, path: Path | None,
-                 identity: dict[str, Any], policy: CheckpointPolicy, stop: StopRequest | None, progress):
+                 identity: dict[str, Any], policy: CheckpointPolicy, stop: StopRequest | None, progress,
+                 log: RunLog | None = None):
         self.strategy, self.result, self.device, self.path = strategy, result, device, path
         self.identity, self.policy, self.stop, self.progress = identity, policy, stop, progress
+        self.log = log                  # the run's loggers (simulator.loggers), opened by open_log
+        self.log_saved: dict[str, Any] | None = None   # what the checkpoint resumed from says of the log
+        self.loop: TaskLoop | None = None              # the current task's loop, if its learn opened one
         self.last_save = time.monotonic()
         self.task = 0
         self.task_name = ""
@@ -195,7 +200,9 @@ class _Run:
             "next_task": next_task, "in_task": in_task, "strategy": self.strategy.state_dict(),
             "rng": rng_state(self.device), "acc": r.acc, "loss": r.loss, "learn_seconds": r.learn_seconds,
             "eval_seconds": r.eval_seconds, "peak_memory_mb": r.peak_memory_mb, "logs": r.logs,
-            "online": r.online}, self.identity)
+            "online": r.online,
+            # the log is made durable first, and the checkpoint records how far it went
+            "log": None if self.log is None else self.log.commit()}, self.identity)
         self.last_save = time.monotonic()
 
     def restore(self) -> int:
@@ -211,6 +218,7 @@ class _Run:
                 r.online.update(saved["online"])
             set_rng_state(saved["rng"])
             self.pending = saved["in_task"]
+            self.log_saved = saved.get("log")  # absent from checkpoints written before logs existed
             return int(saved["next_task"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"checkpoint {self.path} does not fit this run ({type(err).__name__}: {err}); "
@@ -231,9 +239,11 @@ class _Run:
         self.result.learn_seconds.append(self.end_task())
         self.result.logs.append(logs)
         self.result.peak_memory_mb.append(_peak_memory_mb(self.device))
+        self.log_task(i, logs)
 
     def begin_task(self, i: int, name: str) -> None:
         self.task, self.task_name = i, name
+        self.loop = None
         self.task_started = time.perf_counter()
         if self.pending is not None:
             # learn() runs its preparation again: rewind its generator so it draws the same examples.
@@ -258,11 +268,13 @@ class _Run:
             raise RuntimeError(f"{self.strategy.label} opened a second task loop in one learn()")
         self.strategy.loop_factory = None
         if self.pending is None:
-            return TaskLoop(carry, on_start=self.on_start, on_step=self.on_step)
+            self.loop = TaskLoop(carry, on_start=self.on_start, on_step=self.on_step)
+            return self.loop
         saved, self.pending = self.pending, None
         carry = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in saved["carry"].items()}
         loop = TaskLoop(carry, start=int(saved["position"]), on_start=self.on_start, on_step=self.on_step)
         loop.resume_state = saved  # type: ignore[attr-defined]
+        self.loop = loop
         return loop
 
     def on_start(self, loop: TaskLoop) -> None:
@@ -279,6 +291,8 @@ class _Run:
     def on_step(self, loop: TaskLoop) -> None:
         if self.progress is not None:
             self.progress.step(loop)
+        if self.log is not None and self.log.due(loop.position):  # before a checkpoint, which commits the log
+            self.log_iteration(loop)
         stop = self.stop is not None and self.stop.requested
         p = self.policy
         due = (stop or (p.steps is not None and loop.position % p.steps == 0)
@@ -294,12 +308,64 @@ class _Run:
             raise Interrupted(f"stopped inside task {self.task} ({self.task_name!r}) at iteration "
                               f"{loop.position} of {loop.total}; checkpoint saved")
 
+    # -- logs (simulator.loggers) ---------------------------------------------------------------
+    def open_log(self) -> None:
+        """Open the run's loggers: fresh, or where the checkpoint the run resumed from left them."""
+        if self.log is None:
+            return
+        try:
+            self.log.open(self.log_saved)
+        except LogError as err:
+            raise CheckpointError(str(err)) from None
+
+    def log_iteration(self, loop: TaskLoop) -> None:
+        """The loop's reported numbers and the strategy's own at the current iteration."""
+        step = self.log.steps_done + loop.position
+        self.log.record(loop.scalars, step, self.task, prefix="train/")
+        self.log.record(self.strategy.log_scalars(), step, self.task, prefix="train/")
+
+    def log_task(self, i: int, logs: dict[str, Any]) -> None:
+        """After task ``i``: its last iteration when due (the loop's hook does not run after its
+        last one), what ``learn`` returned, and the step count moved past the task."""
+        if self.log is None:
+            return
+        loop, self.loop = self.loop, None
+        total = loop.total if loop is not None and loop.total else 1  # a learn without a loop: one step
+        if loop is not None and loop.position == total and self.log.due(total):
+            self.log_iteration(loop)
+        self.log.steps_done += total
+        self.log.record(logs, self.log.steps_done, i, prefix="task/")
+
+    def log_row(self, row: int, batches: int | None = None, task: int | None = None) -> None:
+        """Row ``row`` of the tensors: the mean accuracy and loss at k = 0 and K over the tasks
+        seen (the task loop: the columns of the tasks learned so far; the online loop, after
+        ``batches`` batches: every column). A mean over a cell that was not scored is not logged."""
+        if self.log is None or not self.log.loggers:
+            return
+        r = self.result
+        if r.task_ids:
+            distinct = sorted(set(r.task_ids))
+            columns = sorted({distinct.index(t) for t in r.task_ids[:row]})
+        else:
+            columns = list(range(r.acc.shape[1]))
+        if not columns:
+            return
+        K = r.acc.shape[2] - 1
+        values = {}
+        for k in sorted({0, K}):
+            for name, tensor in (("accuracy", r.acc), ("loss", r.loss)):
+                cells = tensor[row, columns, k]
+                if name == "loss" or r.kind == "classification":
+                    values[f"{name}_k{k}"] = float(cells.mean()) if np.isfinite(cells).all() else None
+        step = self.log.steps_done + (batches or 0)
+        self.log.record(values, step, row - 1 if task is None else task, prefix="eval/")
+
 
 def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, settings: EvalSettings,
         device: torch.device | str = "cpu", on_task: Callable[[int], None] | None = None,
         checkpoint: Path | None = None, resume: bool = False, evaluate: bool = True,
         identity: dict[str, Any] | None = None, policy: CheckpointPolicy | None = None,
-        stop: StopRequest | None = None, progress=None, threads: int = 1) -> RunResult:
+        stop: StopRequest | None = None, progress=None, threads: int = 1, log: RunLog | None = None) -> RunResult:
     """Run ``strategy`` (with ``model``) over ``stream``.
 
     The run uses ``threads`` torch CPU threads (default 1, as an experiment file's
@@ -316,7 +382,9 @@ def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, setting
     raises :class:`Interrupted`. ``on_task(i)`` is called after task i is learned and
     evaluated; ``progress`` (optional) is told about iterations inside a task.
     ``evaluate=False`` skips every evaluation (no episodes are drawn, the tensors stay NaN and
-    ``eval_seconds`` empty): the training path alone, for timing it.
+    ``eval_seconds`` empty): the training path alone, for timing it. ``log`` (a
+    :class:`~simulator.loggers.RunLog`, optional) receives what the run reports along the way
+    and its position goes into every checkpoint; the caller closes it when ``run`` returns.
     """
     device = torch.device(device)
     with torch_threads(threads), seeded(seed, device):
@@ -328,13 +396,13 @@ def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, setting
                            loss=np.full((T + 1, stream.num_columns, K + 1), np.nan),
                            task_ids=tuple(t.id for t in stream))
         state = _Run(strategy, result, device, checkpoint, identity or {}, policy or CheckpointPolicy(), stop,
-                     progress)
+                     progress, log)
 
         def evaluate_row(i: int) -> None:
             if evaluator is None:
                 return
             start = time.perf_counter()
-            result.acc[i], result.loss[i] = evaluator.evaluate(strategy, row=i)
+            result.acc[i], result.loss[i] = evaluator.evaluate(strategy, row=i, plan=evaluator.row_plan(i))
             _sync(device)
             result.eval_seconds.append(time.perf_counter() - start)
 
@@ -343,9 +411,11 @@ def run(stream: Stream, strategy: Strategy, model: nn.Module, seed: int, setting
             first = state.restore()
         else:
             evaluate_row(0)
+        state.open_log()
         for i in range(first, T):
             state.learn(i, stream[i], stream[i].name)
             evaluate_row(i + 1)
+            state.log_row(i + 1)
             state.save(i + 1)
             if on_task is not None:
                 on_task(i)
@@ -437,16 +507,19 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
                 progress.describe(spec.label, seed, T)
                 ckpt = checkpoint_path(out_dir, spec.label, seed)
                 identity = {"config_hash": digest, "label": spec.label, "seed": seed}
+                log = RunLog(out_dir, experiment.logging, spec.label, seed) if experiment.logging.loggers else None
                 try:
-                    if online:
-                        result = run_online(stream, strategy, model, seed, experiment.evaluation, experiment.online,
-                                            device, checkpoint=ckpt, resume=resume, identity=identity, policy=policy,
-                                            stop=stop_request, progress=progress)
-                    else:
-                        result = run(stream, strategy, model, seed, experiment.evaluation, device,
-                                     on_task=progress.advance, checkpoint=ckpt, resume=resume, identity=identity,
-                                     policy=policy, stop=stop_request, progress=progress,
-                                     threads=experiment.threads)
+                    with _closing(log):
+                        if online:
+                            result = run_online(stream, strategy, model, seed, experiment.evaluation,
+                                                experiment.online, device, checkpoint=ckpt, resume=resume,
+                                                identity=identity, policy=policy, stop=stop_request, progress=progress,
+                                                log=log)
+                        else:
+                            result = run(stream, strategy, model, seed, experiment.evaluation, device,
+                                         on_task=progress.advance, checkpoint=ckpt, resume=resume, identity=identity,
+                                         policy=policy, stop=stop_request, progress=progress,
+                                         threads=experiment.threads, log=log)
                 except DivergenceError as err:
                     failures.append(Failure(spec.label, seed, str(err)))
                     progress.failed(failures[-1])
@@ -468,6 +541,24 @@ def run_experiment(experiment, out_dir: str | Path, quiet: bool = False, resume:
         finally:
             progress.close()
     return ExperimentOutcome(results, failures, reused=len(finished))
+
+
+@contextlib.contextmanager
+def _closing(log: RunLog | None) -> Iterator[None]:
+    """Close ``log`` after the block: complete when the run ended or diverged (its log shows
+    how), left to resume (the CSV stays ``.part``) when it was interrupted or raised."""
+    try:
+        yield
+    except DivergenceError:
+        if log is not None:
+            log.close(finished=True)
+        raise
+    except BaseException:
+        if log is not None:
+            log.close(finished=False)
+        raise
+    if log is not None:
+        log.close(finished=True)
 
 
 class _Progress:

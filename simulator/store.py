@@ -190,15 +190,75 @@ class ResultsDB:
 
     def export_csv(self, path: str | Path) -> int:
         """Write every metric row to ``path`` as CSV; returns the count. Database errors are
-        sqlite3 errors, file errors OSError (nothing is left at ``path`` then)."""
-        from simulator.files import atomic_write
+        sqlite3 errors, file errors OSError (nothing is left at ``path`` then).
 
+        Columns: ``trial_id, strategy, seed``, one column per grid key (sorted; the cell is
+        empty where a trial does not depend on the key, e.g. another strategy's learning
+        rate), then ``k, metric, value`` (empty for NaN). A grid value is written as it reads
+        in TOML/JSON (``0.1``, ``true``, ``[16, 16]``), a string as it is.
+        """
         rows = self.metrics()
-        text = io.StringIO()
-        writer = csv.writer(text)
-        writer.writerow(["trial_id", "strategy", "seed", "point", "k", "metric", "value"])
-        for r in rows:
-            writer.writerow([r["trial_id"], r["strategy"], r["seed"], r["point"], r["k"], r["name"],
-                             "" if r["value"] is None else repr(r["value"])])
-        atomic_write(Path(path), text.getvalue().encode())
+        points = [json.loads(r["point"]) for r in rows]
+        keys = sorted({key for point in points for key in point})
+        out = [["trial_id", "strategy", "seed", *keys, "k", "metric", "value"]]
+        for r, point in zip(rows, points):
+            out.append([r["trial_id"], r["strategy"], r["seed"], *(_grid_cell(point, key) for key in keys),
+                        r["k"], r["name"], _value_cell(r["value"])])
+        _write_csv(path, out)
         return len(rows)
+
+
+def _grid_cell(point: dict[str, Any], key: str) -> str:
+    """The CSV cell of grid key ``key`` at ``point``: empty if absent, a string as it is, else JSON.
+
+    Example:
+        >>> [_grid_cell({"a": 0.1, "b": "adam", "c": [16], "d": True}, k) for k in "abcde"]
+        ['0.1', 'adam', '[16]', 'true', '']
+    """
+    if key not in point:
+        return ""
+    value = point[key]
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _value_cell(value: float | None) -> str:
+    """A metric value as a CSV cell: Python's shortest exact form, empty for NaN (``None``)."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(value)
+
+
+def _write_csv(path: str | Path, rows: list[list[Any]]) -> None:
+    from simulator.files import atomic_write
+
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    atomic_write(Path(path), text.getvalue().encode())
+
+
+class RunDirectoryError(ValueError):
+    """A run directory's ``results.json`` that cannot be exported: ``str(err)`` says why."""
+
+
+def export_run_csv(run_dir: str | Path, path: str | Path) -> int:
+    """Write the metrics of a run directory (``lifelong run``'s ``results.json``) to ``path``
+    as CSV; returns the number of rows.
+
+    Columns: ``strategy, seed, k, metric, value``: every scalar metric of every finished run
+    at k = 0 (as learned) and k = K (after adaptation), in the order of the file (value empty
+    for NaN). Raises :class:`RunDirectoryError` for a ``results.json`` that is not one
+    ``lifelong run`` wrote, ``OSError`` for a file that cannot be read or written.
+    """
+    source = Path(run_dir) / "results.json"
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+        runs = [(str(run["strategy"]), int(run["seed"]), run["metrics"]) for run in document["runs"]]
+        out = [["strategy", "seed", "k", "metric", "value"]]
+        for strategy, seed, at in runs:
+            for k in sorted(at, key=lambda name: int(name.removeprefix("k"))):
+                for name, value in at[k].items():
+                    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                        out.append([strategy, seed, int(k.removeprefix("k")), name, _value_cell(value)])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise RunDirectoryError(f"{source} is damaged or not the results.json of a run directory "
+                                f"({type(err).__name__}: {err})") from None
+    _write_csv(path, out)
+    return len(out) - 1

@@ -96,11 +96,14 @@ def _hash(data: Any) -> str:
 
 
 def load_sweep(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = None,
-               device: str | None = None) -> Sweep:
+               device: str | None = None, data_root: str | None = None) -> Sweep:
     """Read an experiment file and expand its ``[sweep]`` grid into trials.
 
     Every grid point is validated like a plain experiment; a problem raises
-    :class:`ConfigError` whose field path says which point it came from.
+    :class:`ConfigError` whose field path says which point it came from. ``seeds``,
+    ``device`` and ``data_root`` (from the command line) replace the file's values, as in
+    :func:`simulator.config.load_experiment`: the data root resolved into each trial's
+    scenario, so every trial (in any worker) reads the same files.
     """
     path = Path(path)
     source = str(path)
@@ -112,6 +115,8 @@ def load_sweep(path: str | Path, overrides: list[str] = (), seeds: list[int] | N
         raw["seeds"] = list(seeds)
     if device is not None:
         raw["device"] = device
+    if data_root is not None:
+        raw["data_root"] = data_root
     trials: dict[str, Trial] = {}
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
@@ -547,32 +552,38 @@ ONLINE_SUMMARY_METRICS = ("online_accuracy", "recovery_auc", "final_accuracy", "
 
 
 def _write_summary(out_dir: Path, sweep: Sweep, db: ResultsDB) -> None:
-    """``summary.md``: per grid point and strategy, mean ± 95% CI over finished seeds (k = 0)."""
+    """``summary.md``: per grid point and strategy, mean ± 95% CI over finished seeds of each
+    metric as learned (k = 0) and after adaptation (k = K, each trial's own K), side by side."""
     from simulator import metrics
     from simulator.files import atomic_write
 
-    per_trial: dict[str, dict[str, float]] = {}
+    per_trial: dict[str, dict[int, dict[str, float]]] = {}
     for row in db.metrics():
-        if row["k"] == 0:
-            per_trial.setdefault(row["trial_id"], {})[row["name"]] = (
-                float("nan") if row["value"] is None else row["value"])
+        per_trial.setdefault(row["trial_id"], {}).setdefault(row["k"], {})[row["name"]] = (
+            float("nan") if row["value"] is None else row["value"])
+    # k = K is the largest k a trial recorded (a grid may vary evaluation.adapt_steps)
+    at = {"k0": lambda t: per_trial[t].get(0, {}), "kK": lambda t: per_trial[t][max(per_trial[t])]}
     statuses = db.status()
     groups: dict[tuple[str, str], list[Trial]] = {}
     for t in sweep.trials:
         groups.setdefault((json.dumps(t.point, sort_keys=True), t.strategy), []).append(t)
-    columns = (ONLINE_SUMMARY_METRICS if any("online_accuracy" in m for m in per_trial.values())
+    columns = (ONLINE_SUMMARY_METRICS if any("online_accuracy" in m.get(0, {}) for m in per_trial.values())
                else SUMMARY_METRICS)
-    header = ["grid point", "strategy", "seeds done", "failed"] + list(columns)
-    lines = [f"# Sweep {sweep.name}", "", "Mean ± 95% CI over the finished seeds, as learned (k = 0).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = ["grid point", "strategy", "seeds done", "failed"] + [f"{m} ({k})" for m in columns
+                                                                     for k in ("k = 0", "k = K")]
+    lines = [f"# Sweep {sweep.name}", "",
+             "Mean ± 95% CI over the finished seeds, as learned (k = 0) and after adaptation (k = K: each "
+             "trial's own evaluation.adapt_steps). `lifelong report` on this directory writes the sweep's report.",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (point, strategy), trials in groups.items():
-        done = [per_trial[t.id] for t in trials if statuses.get(t.id) == "done" and t.id in per_trial]
+        done = [t.id for t in trials if statuses.get(t.id) == "done" and t.id in per_trial]
         failed = sum(statuses.get(t.id) == "failed" for t in trials)
-        cells = ["n/a"] * len(columns)
+        cells = ["n/a"] * (2 * len(columns))
         if done:
-            agg = metrics.aggregate([{m: s.get(m, float("nan")) for m in columns} for s in done])
-            cells = [f"{agg[m]['mean']:.3f}" + ("" if len(done) < 2 else f" ± {agg[m]['ci95']:.3f}")
-                     for m in columns]
+            agg = {which: metrics.aggregate([{m: get(t).get(m, float("nan")) for m in columns} for t in done])
+                   for which, get in at.items()}
+            cells = [f"{agg[which][m]['mean']:.3f}" + ("" if len(done) < 2 else f" ± {agg[which][m]['ci95']:.3f}")
+                     for m in columns for which in ("k0", "kK")]
         point_text = ", ".join(f"{k}={v}" for k, v in json.loads(point).items()) or "-"
         lines.append("| " + " | ".join([point_text.replace("|", "\\|"), strategy.replace("|", "\\|"),
                                          str(len(done)), str(failed)] + cells) + " |")

@@ -1,5 +1,9 @@
 """Strategies (one file each, registered by name) and backbones.
 
+Besides the registered names, ``"package.module:Class"`` names a user's strategy class and
+``"package.module:factory"`` a user's model factory (see :mod:`strategies.user`): every
+lookup below accepts them, so a user's method runs wherever a built-in one does.
+
 Example:
     >>> import strategies
     >>> strategies.build("finetune", {"lr": 0.05}).config.lr
@@ -14,8 +18,25 @@ from torch import nn
 
 from scenarios.base import Registry, StreamSpec
 from strategies.base import AdaptState, DivergenceError, Strategy, StrategyConfig, task_loss
+from strategies.user import UserCodeError, is_target, user_model, user_strategy
 
-STRATEGIES = Registry("strategy", {
+
+class _TargetRegistry(Registry):
+    """A :class:`Registry` that also resolves ``"package.module:name"`` user targets with
+    ``resolve`` (raising :class:`~strategies.user.UserCodeError`); they are not listed in
+    :meth:`names`."""
+
+    def __init__(self, what: str, entries: dict[str, str], resolve):
+        super().__init__(what, entries)
+        self.resolve = resolve
+
+    def get(self, name: str) -> Any:
+        if is_target(name) and name not in self.entries:
+            return self.resolve(name)
+        return super().get(name)
+
+
+STRATEGIES = _TargetRegistry("strategy", {
     "avalanche.AGEM": "strategies.avalanche:AGEM",
     "avalanche.EWC": "strategies.avalanche:EWC",
     "avalanche.ERACE": "strategies.avalanche:ERACE",
@@ -42,12 +63,12 @@ STRATEGIES = Registry("strategy", {
     "protomemory": "strategies.protomemory:ProtoMemory",
     "reptile": "strategies.reptile:Reptile",
     "snail": "strategies.snail:SNAIL",
-})
+}, user_strategy)
 
-MODELS = Registry("model", {
+MODELS = _TargetRegistry("model", {
     "mlp": "strategies.backbones:MLP",
     "conv4": "strategies.backbones:Conv4",
-})
+}, user_model)
 
 
 def available() -> list[str]:
@@ -56,7 +77,8 @@ def available() -> list[str]:
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    """The class registered as ``name`` (a ``KeyError`` listing the valid names otherwise)."""
+    """The class registered as ``name`` (a ``KeyError`` listing the valid names otherwise), or
+    the user's class ``name = "package.module:Class"`` (a ``UserCodeError`` if it cannot serve)."""
     return STRATEGIES.get(name)
 
 
@@ -67,10 +89,11 @@ def build(name: str, params: Mapping[str, Any] | None = None, label: str | None 
 
 
 def build_model(name: str, params: Mapping[str, Any] | None, spec: StreamSpec) -> nn.Module:
-    """The backbone ``name`` sized for ``spec`` (input shape, output size)."""
+    """The backbone ``name`` sized for ``spec`` (input shape, output size); ``name`` may be a
+    user's ``"package.module:factory"``, called as ``factory(spec=spec, **params)``."""
     cls = MODELS.get(name)
     return cls.from_params(cls.Params(**dict(params or {})), spec)
 
 
-__all__ = ["AdaptState", "DivergenceError", "MODELS", "STRATEGIES", "Strategy", "StrategyConfig",
+__all__ = ["AdaptState", "DivergenceError", "MODELS", "STRATEGIES", "Strategy", "StrategyConfig", "UserCodeError",
            "available", "build", "build_model", "strategy_class", "task_loss"]

@@ -117,7 +117,23 @@ class TaskLoop:
         self.position = start
         self.total: int | None = None
         self.loss: Tensor | None = None   # the latest loss, for progress displays (read rarely: a sync)
+        self.scalars: dict[str, Any] = {}  # the latest values of :meth:`report`, for the run's logs
         self._on_start, self._on_step = on_start, on_step
+
+    def report(self, **values: Any) -> None:
+        """Record this iteration's numbers for the run's logs (:mod:`simulator.loggers`), by name.
+
+        Values are kept as given (a one-element tensor stays on its device, a zero-argument
+        callable is not called): recording costs a dict update and never a host
+        synchronisation. The runner reads them only every ``[logging] every`` iterations.
+
+        Example:
+            >>> loop = TaskLoop()
+            >>> loop.report(meta_loss=torch.tensor(0.5))
+            >>> float(loop.scalars["meta_loss"])
+            0.5
+        """
+        self.scalars.update(values)
 
     @property
     def resumed(self) -> bool:
@@ -154,6 +170,10 @@ class Strategy:
     # Every state comes from a support set (SNAIL, LEO): no prediction without one, so the
     # support-free k = 0 of evaluation.full_test is refused before a run starts.
     needs_support: ClassVar[bool] = False
+    # Evaluation adapts the episodes of many tasks in one ``adapt`` call (episodes are
+    # independent in the protocol); a strategy whose ``adapt`` couples the episodes of a call
+    # sets this to False and gets one call per task.
+    batch_across_tasks: ClassVar[bool] = True
 
     def __init__(self, config: StrategyConfig | None = None, label: str | None = None):
         self.config = config if config is not None else self.Config()
@@ -277,6 +297,13 @@ class Strategy:
         strategy has not seen; by default the model's."""
         return self.model(x)
 
+    # -- logs -----------------------------------------------------------------------------------
+    def log_scalars(self) -> dict[str, Any]:
+        """Numbers of the strategy's state for the run's logs (e.g. a summary of learned
+        learning rates), computed only when the runner logs (every ``[logging] every``
+        iterations or batches); values as for :meth:`TaskLoop.report`. None by default."""
+        return {}
+
     # -- helpers for subclasses -------------------------------------------------------------
     def task_loop(self, **carry: Any) -> TaskLoop:
         """The resumable loop of the current ``learn`` (see :class:`TaskLoop`); ``carry`` gives
@@ -359,6 +386,7 @@ def train_minibatches(strategy: Strategy, optimizer: torch.optim.Optimizer, x: T
         optimizer.step()
         carry["epoch_loss"] += loss.detach() * len(idx)
         loop.loss = loss.detach()
+        loop.report(loss=loop.loss)
         if batch == per_epoch - 1:
             check_finite(carry["epoch_loss"], strategy.label, task_name, step + 1)
     return {"train_loss": float(carry["epoch_loss"]) / n, "steps": epochs * per_epoch}
@@ -377,6 +405,7 @@ def learn_by_observing(strategy: Strategy, task: Task, batch_size: int) -> dict[
     for b in loop.steps(batches):
         idx = order[b * batch_size:(b + 1) * batch_size]
         logs = strategy.observe(x[idx], y[idx], task.id)
+        loop.report(**logs)
     return {**logs, "batches": batches}
 
 

@@ -224,6 +224,12 @@ class LaMAML(Strategy):
             lr = {n: F.relu(a) for n, a in self.alpha.items()}
         return self.gradient_adapt(support, steps, lr)
 
+    def log_scalars(self) -> dict[str, Any]:
+        """For the run's logs: the mean of the rates the inner steps use, ``max(0, alpha)``, over
+        every weight (with ``fixed_lr``, the fixed rate), and the share of rates clipped at zero."""
+        rates = torch.cat([F.relu(a).flatten() for a in self.alpha.values()])
+        return {"lr_mean": rates.mean(), "lr_zero_fraction": (rates == 0).double().mean()}
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "alpha": {n: a.clone() for n, a in self.alpha.items()},
                 "memory": self.memory.state_dict()}

@@ -6,11 +6,14 @@ generator), adapts a copy of the parameters to every episode's support set with
 ``inner_steps`` gradient steps of size ``inner_lr``, and moves the initialisation with Adam
 (``meta_lr``) along the gradient of the mean query loss of the adapted copies.
 
-The inner loops of a meta-batch run together: :func:`meta_objective` is one ``vmap`` over the
+The inner loops of a meta-batch run together: for a model of the layers that
+:mod:`strategies.batched` covers (``mlp``, ``conv4``), :func:`meta_objective` expands the
+parameters over the episodes and takes each inner step for all of them with one
+``torch.autograd.grad(create_graph=True)``; for any other model it is one ``vmap`` over the
 episodes of a function that takes its inner steps with ``torch.func.grad``
-(:func:`~strategies.base.gradient_step`) and returns the episode's query loss. The inner
-gradients stay in the autograd graph, so the ordinary ``backward`` of the mean query loss is
-the exact second-order meta-gradient; ``first_order`` (FOMAML) takes the inner gradients at
+(:func:`~strategies.base.gradient_step`) and returns the episode's query loss. Either way the
+inner gradients stay in the autograd graph, so the ordinary ``backward`` of the mean query
+loss is the exact second-order meta-gradient; ``first_order`` (FOMAML) takes the inner gradients at
 detached parameters instead, so they count as constants. ``chunk_size`` episodes are
 differentiated at a time and their gradients summed (:func:`meta_backward`): the same gradient
 with less activation memory.
@@ -53,6 +56,7 @@ from torch.func import functional_call, vmap
 from scenarios.base import Episodes, StreamSpec, Support, Task
 from strategies.backbones import use_batch_statistics, use_exact_norms
 from strategies.base import AdaptState, Strategy, StrategyConfig, check_finite, gradient_step, task_loss
+from strategies.batched import batched_forward, batched_steps
 
 
 class EpisodicConfig(StrategyConfig):
@@ -114,13 +118,18 @@ def fast_weights(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: T
 
 def meta_objective(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                    episodes: Episodes, *, steps: int, lr: float | Mapping[str, Tensor], kind: str,
-                   names: Collection[str] | None = None, first_order: bool = False) -> Tensor:
+                   names: Collection[str] | None = None, first_order: bool = False,
+                   batched: bool = True) -> Tensor:
     """MAML's objective: the mean over episodes of the query loss after adapting to the support set.
 
-    Every episode starts from ``params`` and takes ``steps`` inner steps (:func:`fast_weights`);
-    the episodes run together in one ``vmap``. The result is differentiable with respect to
-    ``params`` (and ``lr`` when it holds tensors): exactly, through the inner gradients, unless
-    ``first_order``.
+    Every episode starts from ``params`` and takes ``steps`` inner steps (:func:`fast_weights`).
+    The episodes run together: when the model is made of the layers
+    :func:`strategies.batched.batched_forward` covers (``mlp``, ``conv4`` and plain
+    ``nn.Sequential`` stacks of them), with parameters batched over the episodes and one
+    ``torch.autograd.grad`` per inner step (:func:`strategies.batched.batched_steps`); for any
+    other model, or with ``batched=False``, in one ``vmap``. Both give the same value and
+    gradients up to rounding. The result is differentiable with respect to ``params`` (and
+    ``lr`` when it holds tensors): exactly, through the inner gradients, unless ``first_order``.
 
     Example:
         >>> model = nn.Linear(1, 1)
@@ -130,6 +139,15 @@ def meta_objective(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapp
         >>> [g.shape for g in torch.autograd.grad(loss, list(model.parameters()))]
         [torch.Size([1, 1]), torch.Size([1])]
     """
+    forward = batched_forward(model) if batched and not buffers else None
+    if forward is not None:
+        fast = batched_steps(forward, params, episodes.support_x, episodes.support_y, steps=steps, lr=lr,
+                             kind=kind, mask=episodes.mask, names=names, first_order=first_order)
+        # The query pass is differentiated once: channels-last images are faster there on the CPU.
+        outputs = forward(fast, episodes.query_x, channels_last=episodes.query_x.device.type == "cpu")
+        # The mean of the episodes' mean losses: one mean over all items (equal-sized episodes).
+        return task_loss(outputs, episodes.query_y, kind, episodes.mask)
+
     def episode_loss(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         fast = fast_weights(model, params, sx, sy, steps=steps, buffers=buffers, lr=lr, kind=kind,
                             mask=episodes.mask, names=names, first_order=first_order)
@@ -256,6 +274,7 @@ class MAML(EpisodicStrategy):
             episodes = self.episodes(task)
             self.optimizer.zero_grad(set_to_none=True)
             loop.loss = meta_backward(self.meta_loss, episodes, c.chunk_size)
+            loop.report(meta_loss=loop.loss)  # for the run's logs: kept on the device, read at their interval
             total += loop.loss
             self.optimizer.step()
         # One check per task: a per-iteration check would synchronise the GPU every step.

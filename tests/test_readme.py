@@ -36,3 +36,26 @@ def test_own_stream_examples_run(tmp_path, capsys, monkeypatch):
 
     assert cli.main(["run", "moons.toml", "--quiet"]) == 0
     assert (tmp_path / "reports" / "moons" / "index.html").exists()
+
+
+def test_own_strategy_and_model_example_runs(tmp_path, monkeypatch):
+    """The README's own strategy and model (``my_methods.py``, ``my-methods.toml``) through
+    ``run`` and ``report``; tests/simulator/test_user_code.py takes them through sweeps and resume."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"### Your own strategies and models\n(.*?)\n### ", readme, re.S).group(1)
+    (tmp_path / "my_methods.py").write_text(re.findall(r"```python\n(.*?)```", section, re.S)[0])
+    (tmp_path / "my-methods.toml").write_text(re.findall(r"```toml\n(.*?)```", section, re.S)[0])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from simulator import cli
+
+    assert cli.main(["run", "my-methods.toml", "--quiet"]) == 0
+    run_dir = tmp_path / "reports" / "my-methods"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["strategies"]["anchor"]["strategy"] == "my_methods:L2Anchor"
+    assert config["strategies"]["anchor"]["model"] == {"name": "my_methods:small_net", "width": 32}
+    results = json.loads((run_dir / "results.json").read_text())
+    assert sorted(r["strategy"] for r in results["runs"]) == ["anchor", "finetune"]
+    assert cli.main(["report", str(run_dir)]) == 0 and (run_dir / "index.html").exists()

@@ -4,11 +4,14 @@ A report is a pure function of run directories' files (``config.json``, ``result
 ``tensors.npz``), so ``lifelong report`` works on old runs and the same directories always
 give byte-identical files; a report whose inputs did not change is therefore not rendered
 again (:data:`INPUTS_FILE`). One directory gives a single-run report; several give a
-comparison (strategies x scenarios) followed by each run in full.
+comparison (strategies x scenarios) followed by each run in full; a sweep directory gives a
+sweep report.
 
 Modules: :mod:`~simulator.report.data` (loading, means and intervals), :mod:`~.content`
-(what is said), :mod:`~.figures` (matplotlib, imported only when a report is built),
-:mod:`~.document` (the report as plain data), :mod:`~.html` and :mod:`~.markdown` (rendering).
+(what is said), :mod:`~.compare` (A versus B: per-seed metrics, which mean nothing for a
+strategy, paired differences), :mod:`~.sweeps` (the report of a sweep directory),
+:mod:`~.figures` (matplotlib, imported only when a report is built), :mod:`~.document` (the
+report as plain data), :mod:`~.html` and :mod:`~.markdown` (rendering).
 
 Example:
     >>> from simulator.report import write_report
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from simulator.files import atomic_write, sha256_file
+from simulator.loggers import log_files
 from simulator.report.data import ReportError, load_run
 
 __all__ = ["INPUTS_FILE", "ReportError", "default_out_dir", "write_report"]
@@ -43,21 +47,30 @@ def default_out_dir(run_dirs: Sequence[str | Path]) -> Path:
     return Path("reports") / ("comparison-" + re.sub(r"[^A-Za-z0-9._-]+", "_", names)[:80])
 
 
-def _inputs_digest(run_dirs: Sequence[str | Path], draw: bool) -> str | None:
-    """The sha256 of everything a report is a function of: ``draw``, the simulator's sources
-    (the report code and the metrics it shows), and per run directory, in order, its name and
-    the bytes of ``config.json``, ``results.json`` and ``tensors.npz``. ``None`` when one of
-    them cannot be read (rendering then raises the error that names it)."""
+def _inputs_digest(run_dirs: Sequence[str | Path], draw: bool, pairs=None) -> str | None:
+    """The sha256 of everything a report is a function of: ``draw``, ``pairs``, the simulator's
+    and the strategies' sources (the report code, the metrics it shows, the strategy classes),
+    and per run directory, in order, its name and the bytes of ``config.json``,
+    ``results.json`` and ``tensors.npz``. ``None`` when one of them cannot be read (rendering
+    then raises the error that names it)."""
+    from importlib.util import find_spec
+
     package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256(f"draw={draw}\n".encode())
+    # the strategies' classes say which metrics mean nothing for them (simulator.report.compare)
+    spec = find_spec("strategies")
+    folders = [package, *(Path(f) for f in (spec.submodule_search_locations or []))] if spec else [package]
+    digest = hashlib.sha256(f"draw={draw}\npairs={json.dumps(pairs or [])}\n".encode())
     try:
-        for source in sorted(package.rglob("*.py")):
-            digest.update(f"{source.relative_to(package)}\0{sha256_file(source)}\n".encode())
+        for folder in folders:
+            for source in sorted(folder.rglob("*.py")):
+                digest.update(f"{folder.name}/{source.relative_to(folder)}\0{sha256_file(source)}\n".encode())
         for run_dir in run_dirs:
             run_dir = Path(run_dir)
             digest.update(f"{run_dir.resolve().name}\0".encode())
             for name in ("config.json", "results.json", "tensors.npz"):
                 digest.update(f"{name}\0{sha256_file(run_dir / name)}\n".encode())
+            for log in log_files(run_dir):  # the training curves (simulator.loggers)
+                digest.update(f"logs/{log.name}\0{sha256_file(log)}\n".encode())
     except OSError:
         return None
     return digest.hexdigest()
@@ -75,8 +88,12 @@ def _is_current(out_dir: Path, digest: str | None) -> bool:
         return False
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, draw: bool = True) -> Path:
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, draw: bool = True,
+                 pairs: Sequence[tuple[str, str]] | None = None) -> Path:
     """Write ``index.html``, ``report.md`` and ``figures/*.png`` for ``run_dirs`` into ``out_dir``.
+
+    A single sweep directory (``sweep.json`` and ``results.db``, :mod:`simulator.report.sweeps`)
+    gets a sweep report instead, rendered on every call.
 
     Each file is written atomically; PNGs in ``out_dir/figures`` that the new report does not
     use are removed so that the folder matches the Markdown. With ``draw`` false the report
@@ -86,18 +103,39 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, draw: bool
     :data:`INPUTS_FILE`), nothing is rendered or written. Raises :class:`ReportError` (the
     message names the file) when a run directory is missing or unreadable.
 
+    ``pairs`` (``[(A, B), ...]``: strategy names as the report shows them) restricts the
+    pairwise tables to those pairs (default: every pair).
+
     Returns:
         The path of ``index.html``.
     """
-    from simulator.report import content, html, markdown
+    from simulator.report import content, sweeps
 
     if not run_dirs:
         raise ReportError("give at least one run directory")
     out_dir = Path(out_dir)
-    digest = _inputs_digest(run_dirs, draw)
+    found = [d for d in run_dirs if sweeps.is_sweep_dir(d)]
+    if found:
+        if len(run_dirs) > 1:
+            raise ReportError(f"{found[0]}: a sweep directory is reported on its own (`lifelong report SWEEP_DIR`), "
+                              "not with other directories")
+        if pairs:
+            raise ReportError(f"{found[0]}: --compare applies to run directories, not to a sweep")
+        # results.db changes while a sweep runs (and its bytes with every checkpoint of SQLite's
+        # journal): a sweep report is rendered every time, it takes milliseconds plus the figures
+        return _write(sweeps.build(sweeps.load_sweep_dir(found[0]), draw=draw), out_dir, None)
+    pairs = [tuple(p) for p in pairs] if pairs else None
+    digest = _inputs_digest(run_dirs, draw, pairs)
     if _is_current(out_dir, digest):
         return out_dir / "index.html"
-    report = content.build([load_run(d) for d in run_dirs], draw=draw)
+    return _write(content.build([load_run(d) for d in run_dirs], draw=draw, pairs=pairs), out_dir, digest)
+
+
+def _write(report, out_dir: Path, digest: str | None) -> Path:
+    """Render ``report`` into ``out_dir`` (each file atomically, stale figures removed) and
+    record ``digest`` last."""
+    from simulator.report import html, markdown
+
     page = html.render(report)
     text, files = markdown.render(report)
     figure_dir = out_dir / markdown.FIGURE_DIR

@@ -1,16 +1,19 @@
-"""What a report says: sections, tables, highlights and figures built from loaded run directories.
+"""What a report says: sections, tables, answers and figures built from loaded run directories.
 
 :func:`build` turns one run directory into a single-run report and several into a comparison
-(strategies x scenarios) followed by each run in full. Everything here is a function of
+(strategies x scenarios) followed by each run in full. A run's summary opens with one-line
+answers at k = 0 and k = K (:func:`answers`) and is followed by the paired differences of its
+strategies (:func:`pairwise_tables`), both from :mod:`simulator.report.compare`; runs that pair
+by seed are also compared across directories (:func:`across_runs`). Everything here is a function of
 :class:`~simulator.report.data.RunData`; figures come from :mod:`simulator.report.figures`.
 A run of the online loop gets its own sections (online accuracy over the stream, recovery
 curves, the anytime tensor, the per-pool table) in place of the task-boundary ones, which
 need rows taken at task boundaries.
 
 Numbers are shown in the reader's unit: accuracy for classification, the MSE for regression
-(score = -MSE inside). Differences keep the "higher is better" sign of the score (BWT and FWT:
-positive is good; for regression that is an MSE reduction), and forgetting stays "lower is
-better" (for regression, an MSE increase).
+(score = -MSE inside); a pairwise difference A - B is taken in that unit. Differences keep
+the "higher is better" sign of the score (BWT and FWT: positive is good; for regression that
+is an MSE reduction), and forgetting stays "lower is better" (for regression, an MSE increase).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from simulator.report import figures
+from simulator.report import compare, figures
 from simulator.files import to_json
 from simulator.online_metrics import reference_pool
 from simulator.report.data import (RunData, StrategyRuns, adaptation_curves, mean_ci, moving_average, online_stats,
                                    per_seed_cost, smoothing_window, stat, to_display)
+from simulator.report.compare import Entry, Metric
 from simulator.report.document import Block, Bullets, Cell, Code, Figure, Report, Section, Span, Table, paragraph
 
 
@@ -67,12 +71,16 @@ ADAPTATION_COLUMNS = (
     Column("new_task_adaptation", "New-task adapt.", "New-task adapt. MSE", "level"),
     Column("recovery_adaptation", "Recovery adapt.", "Recovery adapt. MSE", "level"),
 )
+STEPS_COLUMNS = (
+    Column("steps_new", "Steps to 90%, new", "Steps to 90%, new", "lower"),
+    Column("steps_old", "Steps to 90%, old", "Steps to 90%, old", "lower"),
+)
 COST_COLUMNS = (
     Column("learn_seconds", "Learn s / task", "Learn s / task", "lower", cost=True),
     Column("eval_seconds", "Eval s / row", "Eval s / row", "lower", cost=True),
     Column("peak_memory_mb", "Peak memory MB", "Peak memory MB", "lower", cost=True),
 )
-SUMMARY_COLUMNS = MATRIX_COLUMNS + ADAPTATION_COLUMNS + COST_COLUMNS
+SUMMARY_COLUMNS = MATRIX_COLUMNS + ADAPTATION_COLUMNS + STEPS_COLUMNS + COST_COLUMNS
 COMPARISON_COLUMNS = (MATRIX_COLUMNS[0], MATRIX_COLUMNS[3], MATRIX_COLUMNS[4], MATRIX_COLUMNS[5],
                       ADAPTATION_COLUMNS[0], ADAPTATION_COLUMNS[1], COST_COLUMNS[0])
 COMPARISON_FIGURE_ROWS = (MATRIX_COLUMNS[0], MATRIX_COLUMNS[5], MATRIX_COLUMNS[4])
@@ -105,6 +113,10 @@ def column_values(run: RunData, column: Column, k_key: str = "k0") -> list[tuple
         if column.cost:
             out.append(tuple(float(v) for v in mean_ci(per_seed_cost(s)[column.key])))
             continue
+        if column.key in compare.STEP_KEYS:  # not in results.json: from the tensors (k-independent)
+            steps = [compare.step_summaries(score)[column.key] for score in s.score] if run.square else [math.nan]
+            out.append((math.nan, math.nan) if run.regression else tuple(float(v) for v in mean_ci(steps)))
+            continue
         mean, ci = stat(run.document.get("summary", {}).get(s.label, {}), k_key, column.key)
         if column.better == "level":
             mean = float(to_display(mean, run.regression))
@@ -125,16 +137,20 @@ def best_flags(values: Sequence[tuple[float, float]], column: Column, regression
 
 def _table(labels: Sequence[str], columns: Sequence[Column], values: Sequence[list[tuple[float, float]]],
            regression: Sequence[bool] | bool, first: str = "Strategy", headers: Sequence[str] | None = None,
-           caption: str = "", title: str = "") -> Table:
-    """Rows = labels; ``values[c][r]`` is column c's (mean, ci) for row r."""
+           caption: str = "", title: str = "", skipped: Sequence[Sequence[bool]] | None = None) -> Table:
+    """Rows = labels; ``values[c][r]`` is column c's (mean, ci) for row r; ``skipped[c][r]``
+    marks a value that means nothing for its strategy: shown with a †, never marked best."""
     per_column = regression if isinstance(regression, (list, tuple)) else [regression] * len(columns)
-    flags = [best_flags(v, col, reg) for v, col, reg in zip(values, columns, per_column)]
+    skipped = skipped or [[False] * len(labels) for _ in columns]
+    ranked = [[(math.nan, math.nan) if skip else v for v, skip in zip(vs, skips)] for vs, skips in zip(values, skipped)]
+    flags = [best_flags(v, col, reg) for v, col, reg in zip(ranked, columns, per_column)]
     rows = []
     for r, label in enumerate(labels):
         cells = [Cell(label)]
         for c, column in enumerate(columns):
             mean, ci = values[c][r]
-            cells.append(Cell(format_stat(mean, ci, column.key), best=flags[c][r], numeric=True))
+            text = format_stat(mean, ci, column.key) + (" †" if skipped[c][r] else "")
+            cells.append(Cell(text, best=flags[c][r], numeric=True))
         rows.append(tuple(cells))
     header = headers or [col.header(reg) for col, reg in zip(columns, per_column)]
     return Table((first, *header), tuple(rows), caption, title)
@@ -146,26 +162,43 @@ def _ci_note(run: RunData) -> str:
             else "one seed per strategy, so no confidence interval")
 
 
-def summary_tables(run: RunData) -> list[Table]:
-    """The summary table as learned (k = 0, with adaptation and costs) and after K steps."""
+_DAGGER = (" †: not ranked, as the metric means nothing for that strategy at this k (the answers above "
+           "say why).")
+
+
+def summary_tables(run: RunData, entries: Sequence[Entry] = ()) -> list[Table]:
+    """The summary table as learned (k = 0, with adaptation and costs) and after K steps;
+    ``entries`` (:func:`compare.run_entries`, in the run's order) mark the values that mean
+    nothing for their strategy."""
     labels = [s.label for s in run.strategies]
     K = run.adapt_steps
     reg = run.regression
+
+    def marks(columns: Sequence[Column], k: int) -> list[list[bool]] | None:
+        if not entries:
+            return None
+        return [[bool(e.skipped.get(k, {}).get(c.key)) for e in entries] for c in columns]
+
+    first_marks, second_marks = marks(SUMMARY_COLUMNS, 0), marks(MATRIX_COLUMNS, K)
     first = _table(labels, SUMMARY_COLUMNS, [column_values(run, c) for c in SUMMARY_COLUMNS], reg,
-                   title="As learned (k = 0)",
+                   title="As learned (k = 0)", skipped=first_marks,
                    caption=f"Cells: {_ci_note(run)}. Bold: best in its column (↑ higher is better, ↓ lower is "
-                           "better). "
+                           "better)." + (_DAGGER if first_marks and any(map(any, first_marks)) else "") + " "
                            f"The adaptation columns are the mean score over k = 0..{K} adaptation steps (the "
                            "area under the adaptation curve) on new tasks before learning them and on old tasks "
-                           "at the end. Time and memory are per seed, then averaged; on CPU, peak memory is the "
+                           "at the end. Steps to 90%: the least k whose score reaches 90% of the k = "
+                           f"{K} score, on new tasks (R[j, j]) and on old tasks at the end (R[T, j], j < T-1); "
+                           "not defined for the MSE. Time and memory are per seed, then averaged; on CPU, peak memory "
+                           "is the "
                            "process's resident high-water mark, which never decreases, so a strategy run later in "
                            "the same process inherits the peaks of those before it.")
     if K == 0:
         return [first]
     second = _table(labels, MATRIX_COLUMNS, [column_values(run, c, f"k{K}") for c in MATRIX_COLUMNS], reg,
-                    title=f"After {K} adaptation steps (k = {K})",
+                    title=f"After {K} adaptation steps (k = {K})", skipped=second_marks,
                     caption=f"The same metrics on R = score[:, :, {K}]: each episode's model adapted {K} steps on "
-                            "its support set before scoring the query set.")
+                            "its support set before scoring the query set."
+                            + (_DAGGER if second_marks and any(map(any, second_marks)) else ""))
     return [first, second]
 
 
@@ -175,19 +208,10 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool | None:
     return abs(a[0] - b[0]) <= a[1] + b[1]
 
 
-HIGHLIGHTS = (
-    (MATRIX_COLUMNS[0], "Highest final accuracy", "Lowest final MSE"),
-    (MATRIX_COLUMNS[5], "Least forgetting", "Least forgetting"),
-    (MATRIX_COLUMNS[4], "Most forward transfer", "Most forward transfer"),
-    (ADAPTATION_COLUMNS[0], "Best few-shot adaptation to new tasks", "Best few-shot adaptation to new tasks"),
-    (ADAPTATION_COLUMNS[1], "Best recovery of old tasks", "Best recovery of old tasks"),
-    (COST_COLUMNS[0], "Cheapest to train (seconds per task)", "Cheapest to train (seconds per task)"),
-)
-
-
 def _highlight(title: str, labels: Sequence[str], values: Sequence[tuple[float, float]], column: Column,
                regression: bool) -> tuple[Span, ...] | None:
-    """``title: best (value); next runner-up (value) (verdict).``, or None with fewer than two numbers."""
+    """``title: best (value); next runner-up (value) (verdict).``, or None with fewer than two
+    numbers (the online answers, from means and intervals alone)."""
     order = sorted((i for i, (m, _) in enumerate(values) if math.isfinite(m)),
                    key=lambda i: values[i][0], reverse=not column.lower_is_better(regression))
     if len(order) < 2:
@@ -204,16 +228,122 @@ def _highlight(title: str, labels: Sequence[str], values: Sequence[tuple[float, 
             Span(labels[second], "code"), Span(f" {format_stat(*values[second], column.key)} ({verdict})."))
 
 
-def highlights(run: RunData) -> Bullets | None:
-    """One line per question a reader asks first (who forgets least, transfers most, adapts
-    fastest, costs least), with the runner-up and whether the 95% intervals separate them."""
-    labels = [s.label for s in run.strategies]
-    if len(labels) < 2:
-        return None
-    items = [_highlight(title_regression if run.regression else title, labels, column_values(run, column), column,
-                        run.regression) for column, title, title_regression in HIGHLIGHTS]
-    items = [item for item in items if item]
-    return Bullets(tuple(items)) if items else None
+def _verdict(a: Entry, b: Entry, metric: Metric, k: int) -> str:
+    """Whether the first two of an answer differ: by the paired difference over their common
+    seeds where there are two or more, else by whether their 95% intervals overlap."""
+    mean, ci, n = compare.paired_difference(a.per_seed(metric, k), b.per_seed(metric, k))
+    if n >= 2 and math.isfinite(mean) and math.isfinite(ci):
+        text = f"paired difference {_signed(mean, metric.key)} ± {format_number(ci, metric.key)} over {n} seeds"
+        return text + (": a clear difference" if abs(mean) > ci else ", whose interval includes 0: not a clear "
+                                                                      "difference")
+    return {None: "one seed, so no interval to judge by",
+            True: "within the 95% intervals: not a clear difference",
+            False: "the 95% intervals do not overlap"}[_overlap(a.stat(metric, k), b.stat(metric, k))]
+
+
+def _answer(metric: Metric, k: int, entries: Sequence[Entry]) -> tuple[Span, ...] | None:
+    """``title (k = ..): best value; next runner-up value (verdict). Not ranked: ... No value: ...``
+    (the strategies whose value means nothing, with the reason, and those without a value);
+    None for a metric of two tasks or more on a stream of one."""
+    if metric.key in compare.TWO_TASK_KEYS and max(e.num_tasks for e in entries) < 2:
+        return None  # not defined for one task: nothing to say
+    regression = entries[0].regression
+    left_out = [(e, e.reason(metric, k)) for e in entries if e.reason(metric, k)]
+    ranked = [e for e in entries if not e.reason(metric, k) and math.isfinite(e.stat(metric, k)[0])]
+    missing = [e for e in entries if not e.reason(metric, k) and not math.isfinite(e.stat(metric, k)[0])]
+    ranked.sort(key=lambda e: e.stat(metric, k)[0], reverse=not metric.lower_is_better(regression))
+    title = metric.title[regression].format(K=entries[0].adapt_steps) + (f" (k = {k})" if metric.per_k else "")
+    spans = [Span(f"{title}: ", "strong")]
+    if len(ranked) >= 2:
+        best, second = ranked[0], ranked[1]
+        shown = [format_stat(*e.stat(metric, k), metric.key) for e in (best, second)]
+        verdict = "a tie" if shown[0] == shown[1] else _verdict(best, second, metric, k)
+        spans += [Span(best.name, "code"), Span(f" {shown[0]}; next "), Span(second.name, "code"),
+                  Span(f" {shown[1]} ({verdict}).")]
+    elif ranked:
+        spans += [Span("only "), Span(ranked[0].name, "code"),
+                  Span(f" has a meaningful value: {format_stat(*ranked[0].stat(metric, k), metric.key)}.")]
+    else:
+        spans.append(Span("no strategy to rank."))
+    for index, (e, reason) in enumerate(left_out):
+        spans += [Span(" Not ranked: " if index == 0 else "; "), Span(e.name, "code"), Span(f", {reason}")]
+    if left_out:
+        spans.append(Span("."))
+    if missing:  # said, so that a strategy never silently drops out of an answer
+        spans.append(Span(" No value (a score it needs was not evaluated at this k, or is not finite): "))
+        for index, e in enumerate(missing):
+            spans += [Span(", " if index else ""), Span(e.name, "code")]
+        spans.append(Span("."))
+    return tuple(spans)
+
+
+def answers(entries: Sequence[Entry]) -> list[Block]:
+    """The one-line answers: final score, forgetting and forward transfer as learned (k = 0)
+    and after adaptation (k = K), then adaptation (over k = 0..K, steps to threshold) and cost;
+    each line names its k, and a metric that means nothing for a strategy (the rules of
+    :mod:`simulator.report.compare`) names it with the reason instead of ranking it. Empty
+    with fewer than two entries."""
+    if len(entries) < 2:
+        return []
+    K = entries[0].adapt_steps
+    blocks: list[Block] = []
+    groups = [("As learned (k = 0):", compare.ANSWER_METRICS_K, 0)]
+    if K:
+        groups.append((f"After adaptation (k = {K}: each episode's model adapted {K} steps on its support set):",
+                       compare.ANSWER_METRICS_K, K))
+    groups.append((f"Adaptation (over k = 0..{K}) and cost:", compare.ANSWER_METRICS_ANY_K, 0))
+    for heading, chosen, k in groups:
+        items = [item for item in (_answer(m, k, entries) for m in chosen) if item]
+        if items:
+            blocks += [paragraph(Span(heading, "strong")), Bullets(tuple(items))]
+    return blocks
+
+
+def _signed(value: float, key: str = "") -> str:
+    """A difference with its sign (``+0.052``, ``-0.010``, ``0.000``)."""
+    text = format_number(value, key)
+    return text if not math.isfinite(value) or text.lstrip("-").strip("0.") == "" or text.startswith("-") \
+        else "+" + text
+
+
+def pairwise_tables(pairs: Sequence[tuple[Entry, Entry]]) -> list[Table]:
+    """The paired differences A - B of every metric, at k = 0 (with the k-independent
+    adaptation, steps and cost columns) and at k = K: mean ± 95% half-width of the per-seed
+    differences (Student's t over the seeds both have). Bold: the interval excludes 0."""
+    if not pairs:
+        return []
+    regression, K = pairs[0][0].regression, pairs[0][0].adapt_steps
+    tables = []
+    for k, chosen in ((0, compare.PAIRWISE_METRICS_K + compare.PAIRWISE_METRICS_ANY_K),
+                      *(((K, compare.PAIRWISE_METRICS_K),) if K else ())):
+        rows = []
+        for a, b in pairs:
+            cells, seeds = [], 0
+            for metric in chosen:
+                reason = a.reason(metric, k) or b.reason(metric, k)
+                mean, ci, n = compare.paired_difference(a.per_seed(metric, k), b.per_seed(metric, k))
+                seeds = max(seeds, n)
+                if reason:
+                    cells.append(Cell("skipped", numeric=True))
+                    continue
+                text = _signed(mean, metric.key) + (f" ± {format_number(ci, metric.key)}" if math.isfinite(ci)
+                                                    and math.isfinite(mean) else "")
+                clear = math.isfinite(mean) and math.isfinite(ci) and abs(mean) > ci
+                cells.append(Cell(text, best=clear, numeric=True))
+            rows.append((Cell(f"{a.name} − {b.name}"), Cell(str(seeds), numeric=True), *cells))
+        header = ("A − B", "Seeds paired",
+                  *(f"{m.header[regression]} {'↓' if m.lower_is_better(regression) else '↑'}" for m in chosen))
+        title = ("As learned (k = 0)" if k == 0 else f"After {K} adaptation steps (k = {K})") + ": A minus B"
+        caption = ("Each cell: the mean over seeds of A's value minus B's on the same seed (same stream, same "
+                   "held-out episodes) ± the 95% confidence half-width of those differences (Student's t); "
+                   "bold: the interval excludes 0, a clear difference. The arrow is the metric's own direction, "
+                   "so a difference in the arrow's direction favours A. skipped: the metric means nothing for "
+                   "A or B at this k (see the answers above).")
+        if k == 0:
+            caption += (f" The adaptation columns (mean score over k = 0..{K}), steps to 90% of the k = {K} score "
+                        "and learn seconds per task do not depend on k.")
+        tables.append(Table(header, tuple(rows), caption, title))
+    return tables
 
 
 def _mean_matrix(s: StrategyRuns, k: int, regression: bool) -> np.ndarray:
@@ -252,8 +382,20 @@ def _warnings(run: RunData) -> list[Block]:
             + "; ".join(f"{f.get('strategy')} seed {f.get('seed')}: {f.get('error')}" for f in failures) + ".",
             warning=True))
     tensor = "A[h, j, k]" if run.online else "R[i, j, k]"
-    diverged = [f"{s.label}: {int((~np.isfinite(s.score)).sum())} of {s.score.size} cells of {tensor}"
-                for s in run.strategies if not np.isfinite(s.score).all()]
+    evaluation = config.get("evaluation", {})
+    # an evaluation that scores only some cells leaves the others NaN: not a divergence
+    sparse = not run.online and (evaluation.get("columns", "all") != "all" or evaluation.get("eval_every", 1) != 1
+                                 or evaluation.get("adapt_cells", "all") != "all")
+    bad = (lambda a: np.isinf(a)) if sparse else (lambda a: ~np.isfinite(a))  # noqa: E731
+    unscored = [f"{s.label}: {int(np.isnan(s.score).sum())} of {s.score.size}" for s in run.strategies
+                if sparse and np.isnan(s.score).any()]
+    if unscored:
+        blocks.append(paragraph(
+            f"Cells of {tensor} not evaluated (evaluation.eval_every = {evaluation.get('eval_every', 1)}, columns = "
+            f"{evaluation.get('columns', 'all')}, adapt_cells = {evaluation.get('adapt_cells', 'all')}), over all "
+            "seeds: " + "; ".join(unscored) + ". A metric that reads one of them shows as n/a."))
+    diverged = [f"{s.label}: {int(bad(s.score).sum())} of {s.score.size} cells of {tensor}"
+                for s in run.strategies if bad(s.score).any()]
     diverged += [f"{s.label}: {int((~np.isfinite(s.online.scores)).sum())} of {s.online.scores.size} batch scores"
                  for s in run.strategies if s.online is not None and not np.isfinite(s.online.scores).all()]
     if diverged:
@@ -432,7 +574,7 @@ def _run_data(run: RunData, curves, matrices_k) -> dict[str, Any]:
     for index, s in enumerate(run.strategies):
         summary = {}
         for column in SUMMARY_COLUMNS:
-            keys = ("k0",) if column.cost or column in ADAPTATION_COLUMNS else ("k0", f"k{K}")
+            keys = ("k0",) if column.cost or column in ADAPTATION_COLUMNS + STEPS_COLUMNS else ("k0", f"k{K}")
             summary[column.key] = {k: dict(zip(("mean", "ci95"), column_values(run, column, k)[index])) for k in keys}
         strategies.append({
             "label": s.label, "seeds": list(s.seeds), "summary": summary,
@@ -449,10 +591,43 @@ def _run_data(run: RunData, curves, matrices_k) -> dict[str, Any]:
     })
 
 
+def pairwise_data(pairs: Sequence[tuple[Entry, Entry]]) -> list[dict[str, Any]]:
+    """The numbers of :func:`pairwise_tables`, JSON-ready: per pair, k and metric, the paired
+    difference ``{"mean", "ci95", "seeds"}`` or ``{"skipped": reason}``."""
+    out = []
+    for a, b in pairs:
+        K = a.adapt_steps
+        by_k = {}
+        for k in sorted({0, K}):
+            chosen = compare.PAIRWISE_METRICS_K + (compare.PAIRWISE_METRICS_ANY_K if k == 0 else ())
+            cells = {}
+            for metric in chosen:
+                reason = a.reason(metric, k) or b.reason(metric, k)
+                mean, ci, n = compare.paired_difference(a.per_seed(metric, k), b.per_seed(metric, k))
+                cells[metric.key] = {"skipped": reason} if reason else {"mean": mean, "ci95": ci, "seeds": n}
+            by_k[f"k{k}"] = cells
+        out.append({"a": a.name, "b": b.name, **by_k})
+    return to_json(out)
+
+
+def _pairwise_section(prefix: str, pairs: Sequence[tuple[Entry, Entry]], filtered: bool) -> Section:
+    blocks: list[Block] = list(pairwise_tables(pairs))
+    if not pairs:
+        blocks.append(paragraph("No pair named by --compare is in this run."))
+    elif not filtered:
+        blocks.insert(0, paragraph("Every pair of strategies, A listed before B; choose pairs with ",
+                                   Span("lifelong report RUN_DIR --compare A,B", "code"), "."))
+    return Section(f"{prefix}pairwise", "A versus B: paired differences over seeds", tuple(blocks))
+
+
 def run_sections(run: RunData, prefix: str = "", draw: bool = True,
-                 colours: dict[str, str] | None = None) -> tuple[list[Section], dict[str, Any]]:
+                 colours: dict[str, str] | None = None, entries: Sequence[Entry] | None = None,
+                 pairs: Sequence[tuple[str, str]] | None = None) -> tuple[list[Section], dict[str, Any]]:
     """The sections of one run (ids prefixed by ``prefix``) and the data behind them; figures
-    only when ``draw``, strategies coloured by ``colours`` (default: a palette of this run's)."""
+    only when ``draw``, strategies coloured by ``colours`` (default: a palette of this run's).
+
+    ``entries`` are the run's strategies as compared (default :func:`compare.run_entries`);
+    ``pairs`` (names) restricts the pairwise table to those pairs (default: every pair)."""
     colours = colours or figures.palette(_strategy_label(run))
     if not run.strategies:
         note = paragraph("No (strategy, seed) run has finished.", warning=True)
@@ -460,22 +635,26 @@ def run_sections(run: RunData, prefix: str = "", draw: bool = True,
     if run.online:
         return _online_sections(run, prefix, draw, colours)
     curves = _curves(run) if run.square else []
-    summary_blocks: list[Block] = []
-    bullets = highlights(run)
-    if bullets is not None:
-        summary_blocks.append(bullets)
-    summary_blocks += summary_tables(run)
+    entries = list(entries) if entries is not None else compare.run_entries(run)
+    summary_blocks: list[Block] = answers(entries)
+    summary_blocks += summary_tables(run, entries)
+    chosen = compare.select_pairs(entries, pairs)
     sections = [
         Section(f"{prefix}summary", "Summary", tuple(summary_blocks)),
+        *([_pairwise_section(prefix, chosen, bool(pairs))] if len(entries) > 1 else []),
         _heatmap_section(run, prefix, draw),
         _stream_section(run, prefix, draw),
         _adaptation_section(run, prefix, curves, draw, colours),
         _transfer_section(run, prefix, draw, colours),
+        *_training_sections(run, prefix, draw, colours),
         _config_section(run, prefix),
     ]
     K = run.adapt_steps
     matrices = {k: [_mean_matrix(s, k, run.regression) for s in run.strategies] for k in sorted({0, K})}
-    return sections, _run_data(run, curves, matrices)
+    data = _run_data(run, curves, matrices)
+    data["skipped"] = {e.name: {f"k{k}": reasons for k, reasons in e.skipped.items() if reasons} for e in entries}
+    data["pairwise"] = pairwise_data(chosen)
+    return sections, data
 
 
 # Online runs -----------------------------------------------------------------------------
@@ -711,6 +890,7 @@ def _online_sections(run: RunData, prefix: str, draw: bool,
         _online_accuracy_section(run, prefix, draw, colours),
         _recovery_section(run, prefix, stats, draw, colours),
         _anytime_section(run, prefix, draw),
+        *_training_sections(run, prefix, draw, colours),
         _config_section(run, prefix),
     ]
     return sections, _online_run_data(run, stats, _online_columns(run))
@@ -792,37 +972,113 @@ def _online_comparison(runs: Sequence[RunData], titles: Sequence[str]) -> Table:
 
 
 def comparison_section(runs: Sequence[RunData], titles: Sequence[str], draw: bool,
-                       colours: dict[str, str]) -> Section:
+                       colours: dict[str, str], across: Sequence[Section] = ()) -> Section:
     """Strategies x scenarios: the final score as a strategies x runs table, the key metrics per
     (run, strategy), best marked within each run, and one figure of bars per run and metric.
     Runs of the online loop, which have no task-boundary metrics, get a table of their online
-    metrics instead."""
+    metrics instead. ``across``: the sections comparing strategies of different runs."""
     task = [(r, t) for r, t in zip(runs, titles) if not r.online]
     online = [(r, t) for r, t in zip(runs, titles) if r.online]
     blocks = _task_comparison(*zip(*task), draw, colours) if task else []
     if online:
         blocks.append(_online_comparison(*zip(*online)))
-    return Section("comparison", "Comparison: strategies x scenarios", tuple(blocks))
+    return Section("comparison", "Comparison: strategies x scenarios", tuple(blocks), tuple(across))
 
 
-def build(runs: Sequence[RunData], draw: bool = True) -> Report:
+def across_runs(runs: Sequence[RunData], titles: Sequence[str], entries: Sequence[Sequence[Entry]],
+                pairs: Sequence[tuple[str, str]] | None) -> tuple[list[Section], list[dict[str, Any]]]:
+    """For each group of two or more runs with the same scenario and evaluation settings (whose
+    seeds therefore pair): the one-line answers over all their strategies and the paired
+    differences of strategies of different runs (or the pairs named by ``pairs``)."""
+    sections, data = [], []
+    for number, group in enumerate((g for g in compare.comparable_groups(runs) if len(g) > 1), start=1):
+        members = [e for i in group for e in entries[i]]
+        if pairs:
+            chosen = compare.select_pairs(members, pairs)
+        else:
+            chosen = [(a, b) for x, i in enumerate(group) for j in group[x + 1:] for a in entries[i]
+                      for b in entries[j]]
+        intro = paragraph(
+            "Runs " + ", ".join(f"{i + 1} ({titles[i]})" for i in group) + " have the same scenario and evaluation "
+            "settings, so the same seed gives the same stream and held-out episodes in each: their strategies are "
+            "compared here seed by seed. A label found in several of these runs is shown as "
+            "label [run directory].")
+        blocks: list[Block] = [intro, *answers(members), *pairwise_tables(chosen)]
+        if not chosen:
+            blocks.append(paragraph("No pair named by --compare is in these runs."))
+        title = f"A versus B across runs: {runs[group[0]].scenario}"
+        sections.append(Section(f"comparison-across{number}", title, tuple(blocks)))
+        data.append({"runs": [runs[i].directory for i in group], "pairwise": pairwise_data(chosen)})
+    return sections, data
+
+
+def build(runs: Sequence[RunData], draw: bool = True, pairs: Sequence[tuple[str, str]] | None = None) -> Report:
     """The report of one run directory, or the comparison of several followed by each run.
 
-    With ``draw`` false no figure is drawn (nor matplotlib imported): a note takes each one's place.
+    With ``draw`` false no figure is drawn (nor matplotlib imported): a note takes each one's
+    place. ``pairs`` (``[(A, B), ...]``, names as the report shows them) restricts every
+    pairwise table to those pairs; a name that no run holds, or a pair of runs whose seeds do
+    not pair, raises :class:`~simulator.report.data.ReportError`.
     """
+    names = compare.entry_names(runs)
+    entries = [compare.run_entries(run, n) for run, n in zip(runs, names)]
+    if pairs:
+        compare.check_pairs([[e for i in g for e in entries[i]] for g in compare.comparable_groups(runs)], pairs)
     if len(runs) == 1:
         run = runs[0]
-        sections, data = run_sections(run, draw=draw)
+        sections, data = run_sections(run, draw=draw, entries=entries[0], pairs=pairs)
         return Report(f"Lifelong-learning report: {run.name}", tuple(_run_intro(run)), tuple(sections),
                       {"format": "lifelong-report/1", "runs": [data]})
     titles = run_titles(runs)
     colours = figures.palette([label for run in runs for label in _strategy_label(run)])
     children, data = [], []
     for index, (run, title) in enumerate(zip(runs, titles), start=1):
-        sections, run_data = run_sections(run, prefix=f"run{index}-", draw=draw, colours=colours)
+        sections, run_data = run_sections(run, prefix=f"run{index}-", draw=draw, colours=colours,
+                                          entries=entries[index - 1], pairs=pairs)
         children.append(Section(f"run{index}", f"Run {index}: {title}", tuple(_run_intro(run)), tuple(sections)))
         data.append(run_data)
+    across, across_data = across_runs(runs, titles, entries, pairs)
     intro = (paragraph(f"Comparison of {len(runs)} run directories: "
                        + "; ".join(f"{i}. {t}" for i, t in enumerate(titles, start=1)) + "."),)
     return Report("Lifelong-learning comparison: " + ", ".join(r.name for r in runs), intro,
-                  (comparison_section(runs, titles, draw, colours), *children), {"format": "lifelong-report/1", "runs": data})
+                  (comparison_section(runs, titles, draw, colours, across), *children),
+                  {"format": "lifelong-report/1", "runs": data, "across": across_data})
+
+
+# Training curves (the run directory's logs, simulator.loggers) ----------------------------
+
+MAX_CURVE_PANELS = 6  # each panel costs about 0.1 s to draw, and the figure is drawn with every report
+_TAG_ORDER = ("train/", "online/", "eval/", "task/")
+
+
+def _training_sections(run: RunData, prefix: str, draw: bool, colours: dict[str, str]) -> list[Section]:
+    """The training-curve section when the run directory holds CSV logs (none otherwise): one
+    panel per logged tag that changes along the run (at most :data:`MAX_CURVE_PANELS`, in the
+    order train, online, eval, task), one line per strategy, the mean over its seeds."""
+    from simulator.loggers import mean_curve
+
+    if not run.logs:
+        return []
+    panels = []
+    tags = sorted({tag for curves in run.logs.values() for tag in curves},
+                  key=lambda t: (next((i for i, p in enumerate(_TAG_ORDER) if t.startswith(p)), len(_TAG_ORDER)), t))
+    for tag in tags:
+        lines = []
+        for s in run.strategies:
+            per_seed = [run.logs[(s.label, seed)][tag] for seed in s.seeds if tag in run.logs.get((s.label, seed), {})]
+            if per_seed:
+                lines.append((s.label, *mean_curve(per_seed)))
+        values = np.concatenate([v for _, _, v in lines])
+        if max(len(x) for _, x, _ in lines) > 1 and np.unique(values[np.isfinite(values)]).size > 1:
+            panels.append((tag, lines))
+    if not panels:
+        return []
+    shown = panels[:MAX_CURVE_PANELS]
+    left_out = f" {len(panels) - len(shown)} more tags are in the logs." if len(panels) > len(shown) else ""
+    figure = _figure(draw, f"{prefix}training", lambda: figures.training_curves(shown, colours),
+                     "Training curves: the logged values along each run",
+                     "What the runs logged along the way (logs/*.csv), one panel per tag, mean over seeds, against "
+                     "the run's iteration count: train/ inside a task (every [logging] every iterations), online/ "
+                     "per batch window, eval/ the mean over the tasks seen after each evaluated row, task/ what "
+                     "learn returned per task." + left_out)
+    return [Section(f"{prefix}training", "Training curves", (figure,))]

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from simulator import metrics, online_metrics
+from simulator.loggers import LogError, read_run_logs
 
 
 class ReportError(ValueError):
@@ -99,6 +100,7 @@ class RunData:
     config: dict[str, Any]
     document: dict[str, Any]
     strategies: tuple[StrategyRuns, ...]
+    logs: dict[tuple[str, int], Any] = field(default_factory=dict)  # (label, seed) -> CSV log curves (simulator.loggers)
 
     @property
     def name(self) -> str:
@@ -269,7 +271,11 @@ def load_run(run_dir: str | Path) -> RunData:
             online=_online_runs(npz, arrays, label, runs) if online else None))
     if online and len({s.online.scores.shape[1] for s in strategies}) > 1:
         raise ReportError(f"{npz}: the strategies have online streams of different lengths")
-    return RunData(run_dir.resolve().name, config, document, tuple(strategies))
+    try:  # the finished runs' CSV logs, for the training curves
+        logs = read_run_logs(run_dir, [(s.label, seed) for s in strategies for seed in s.seeds])
+    except LogError as err:
+        raise ReportError(str(err)) from None
+    return RunData(run_dir.resolve().name, config, document, tuple(strategies), logs)
 
 
 def _check_anytime(npz: Path, key: str, shape: tuple[int, ...], online: dict[str, Any]) -> None:

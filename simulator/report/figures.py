@@ -99,7 +99,8 @@ def _format(value: float) -> str:
 def heatmaps(matrices: Sequence[tuple[str, np.ndarray]], regression: bool, k: int):
     """The matrix R (rows: tasks learned, row 0 untrained; columns: task evaluated) per strategy.
 
-    One panel per strategy on a shared colour scale, each cell annotated with its value; the
+    One panel per strategy on a shared colour scale, each cell annotated with its value (a cell
+    the evaluation schedule did not score, or a non-finite one, is left blank); the
     cells R[j+1, j] (each task right after learning it) are outlined. Better is always
     yellow: accuracy uses viridis on [0, 1], the MSE viridis reversed over the range of its
     values (which has no natural top), on a log scale when they span more than two decades.
@@ -146,6 +147,8 @@ def heatmaps(matrices: Sequence[tuple[str, np.ndarray]], regression: bool, k: in
             for i in range(N):
                 for j in range(T):
                     v = m[i, j]
+                    if math.isnan(v):  # a cell the schedule did not score: left blank
+                        continue
                     shade = float(norm(v)) if math.isfinite(v) and (v > 0 or not log) else 0.0
                     dark_cell = shade < 0.55 if not regression else shade > 0.45
                     ax.text(j, i, _format(v), ha="center", va="center", fontsize=size,
@@ -473,4 +476,37 @@ def anytime_lines(panels: Sequence[tuple[str, np.ndarray]], x: Sequence[int], co
         handles.append(Line2D([], [], color="grey", linewidth=1.2, linestyle=(0, (3, 2))))
         names.append(f"after {K} adaptation steps (k = {K})")
     fig.legend(handles, names, loc="outside right center", frameon=False)
+    return fig
+
+
+@_styled
+def training_curves(panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray, np.ndarray]]]],
+                    colours: dict[str, str]):
+    """What the runs logged along the way (:mod:`simulator.loggers`): one panel per tag, one
+    line per strategy (its mean over seeds) against the run's iteration count; a panel whose
+    positive values span more than two orders of magnitude (a loss that blew up) is drawn on a
+    log scale.
+
+    Args:
+        panels: per tag, ``(tag, lines)`` with ``lines`` per strategy ``(label, steps, values)``.
+        colours: the report's :func:`palette`.
+    """
+    rows, cols = _grid(len(panels))
+    fig = _figure(min(3.6 * cols + 1.8, 12.5), 2.6 * rows + 0.3)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (tag, lines) in zip(axes.flat, panels):
+        for label, steps, values in lines:
+            ax.plot(steps, _finite(values), color=colours[label], linewidth=1.4, label=plain(label),
+                    marker="o" if len(steps) <= 30 else None, markersize=3)
+        if _spans_decades(np.concatenate([values for _, _, values in lines])):
+            ax.set_yscale("log")
+        ax.set_title(plain(tag))
+        ax.set_xlabel("iteration of the run")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles: dict[str, object] = {}
+    for ax in axes.flat:
+        for line, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, line)
+    fig.legend(list(handles.values()), list(handles), loc="outside right center", frameon=False)
     return fig

@@ -32,6 +32,8 @@ code { font: 0.9em/1.4 ui-monospace, "SFMono-Regular", Menlo, Consolas, "Liberat
 nav.toc { background: var(--soft); border: 1px solid var(--line); border-radius: 8px; padding: 8px 20px;
   margin: 16px 0; }
 nav.toc ol { margin: 0.2em 0; padding-left: 1.4em; }
+nav.toc > ol { columns: 3 18em; column-gap: 2em; }
+nav.toc li { break-inside: avoid; }
 nav.toc a { color: #0969da; text-decoration: none; }
 nav.toc a:hover { text-decoration: underline; }
 .table-block.compact { display: inline-block; vertical-align: top; margin-right: 2em; max-width: 100%; }

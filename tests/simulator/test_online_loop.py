@@ -279,7 +279,7 @@ def test_the_task_tensor_of_an_online_learner_is_the_anytime_tensor_at_task_boun
                                         "batch_size": 10}, seed=0)
     per_task = [len(t.train) for t in source]  # each task's batches end at a boundary
     boundaries = np.cumsum([-(-n // 10) for n in per_task]).tolist()
-    settings = EvalSettings(episodes=5, adapt_steps=1)
+    settings = EvalSettings(episodes=5, adapt_steps=1, columns="all", adapt_cells="all")  # the whole tensor
     model = lambda: strategies.build_model("mlp", {"hidden": [4]}, source.spec)  # noqa: E731 (unused weights)
     task_result = run(source, ClassMeans(), model(), seed=0, settings=settings)
     rows = {}
@@ -297,7 +297,8 @@ def test_a_sweep_over_an_online_stream_summarises_the_online_metrics(tmp_path):
                    .split("[strategies.protomemory]")[0] + '\n[sweep]\n"strategies.finetune.lr" = [0.01, 0.1]\n')
     assert cli.main(["sweep", str(exp), "--out", str(tmp_path / "sweep"), "--quiet"]) == 0
     summary = (tmp_path / "sweep" / "summary.md").read_text()
-    assert "online_accuracy | recovery_auc" in summary and summary.count("| finetune | 1 | 0 |") == 2
+    assert "online_accuracy (k = 0) | online_accuracy (k = K) | recovery_auc (k = 0)" in summary
+    assert summary.count("| finetune | 1 | 0 |") == 2
 
 
 @pytest.mark.parametrize("change, message", [

@@ -57,9 +57,9 @@ def renders(monkeypatch):
     flags = []
     build = content.build
 
-    def spy(runs, draw=True):
+    def spy(runs, draw=True, **options):
         flags.append(draw)
-        return build(runs, draw=draw)
+        return build(runs, draw=draw, **options)
 
     monkeypatch.setattr(content, "build", spy)
     return flags
@@ -118,7 +118,7 @@ def test_each_run_is_committed_once_the_figures_drawn_at_the_end_and_a_resume_re
     run_experiment(tiny_experiment(), tmp_path, quiet=True)
     assert commits == [(1, False), (2, False), (3, False), (4, True)]  # 2 strategies x 2 seeds
     assert renders == [False, False, False, True]                       # tables after each run, figures once
-    assert len(list((tmp_path / "figures").glob("*.png"))) == 5
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 6     # with the training curves of logs/
 
     before = _files(tmp_path)
     run_experiment(tiny_experiment(), tmp_path, quiet=True, resume=True)   # nothing to do

@@ -37,7 +37,7 @@ def test_html_is_self_contained(digits_run):
     page = (digits_run / "index.html").read_text()
     assert outside_references(page) == []
     assert re.search(r"<link|@import|<iframe|<object|<embed", page, flags=re.I) is None
-    assert page.count("data:image/png;base64,") == 5  # 2 heatmaps, stream, adaptation, transfer
+    assert page.count("data:image/png;base64,") == 6  # 2 heatmaps, stream, adaptation, transfer, training curves
     ids = set(re.findall(r'\bid="([^"]+)"', page))
     assert {href[1:] for href in re.findall(r'href="(#[^"]*)"', page)} <= ids  # anchors resolve
 
@@ -77,13 +77,13 @@ def test_the_same_run_directory_gives_a_byte_identical_report(digits_run, tmp_pa
     # the run wrote its report once; writing it again from the files gives the same bytes
     write_report([digits_run], tmp_path)
     again = report_files(tmp_path)
-    assert len(again) == 7 and report_files(digits_run) == again
+    assert len(again) == 8 and report_files(digits_run) == again
 
 
 def test_markdown_links_figures_that_exist(digits_run):
     markdown = (digits_run / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    assert len(links) == 5
+    assert len(links) == 6  # with the training curves of the run's logs
     for link in links:
         assert (digits_run / link).is_file() and (digits_run / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (digits_run / "figures").iterdir()) == sorted(Path(l).name for l in links)
@@ -112,7 +112,7 @@ def test_several_run_directories_give_one_comparison_from_the_cli(digits_run, si
     assert "tiny-digits (split-digits)" in page and "tiny-sine (sinusoid)" in page
     assert outside_references(page) == []
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (tmp_path / "report.md").read_text())
-    assert len(links) == 11 and all((tmp_path / link).is_file() for link in links)
+    assert len(links) == 13 and all((tmp_path / link).is_file() for link in links)
 
 
 def test_a_report_without_figures_leaves_notes_and_no_stale_files(digits_run, tmp_path):

@@ -2,10 +2,16 @@
 
 Needs Debian's ``chromium`` (or ``chromium-headless-shell``); ``.ci/run`` installs it. Where
 no browser is installed the tests are skipped, saying so.
+
+The first screen of the report is saved for a person to look at, at the path the test prints
+(:data:`SCREENSHOT`); ``LIFELONG_SCREENSHOT_REPORT=path/to/index.html`` shoots that report
+instead of the test's own tiny run (e.g. the rotated-MNIST comparison of the README).
 """
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +22,10 @@ pytestmark = pytest.mark.skipif(
     BROWSER is None,
     reason=f"no headless browser installed (looked for {', '.join(BROWSERS)} on PATH; .ci/run installs "
            "Debian's chromium)")
+
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "reports" / "screenshots" / "report-first-screen.png"
+"""Where the first screen goes: reports/ holds generated files, which git ignores."""
 
 
 def browse(page, profile, *args, timeout=90):
@@ -47,4 +57,25 @@ def test_the_page_renders_with_its_summary_table(digits_run, tmp_path):
     assert '<section id="summary">' in dom and "<table>" in dom
     assert "<th>Final acc. ↑</th>" in dom and "<th>Forgetting ↓</th>" in dom
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom  # shown as text, never run
-    assert dom.count("<img ") == 5
+    # every embedded figure is an image of the page (2 heatmaps, stream, adaptation, transfer, and
+    # any the report adds)
+    assert dom.count("<img ") == page.read_text().count("data:image/png;base64,") >= 5
+
+
+def test_the_first_screen_is_saved_for_a_person_to_look_at(digits_run, tmp_path, capsys):
+    from PIL import Image
+
+    page = Path(os.environ.get("LIFELONG_SCREENSHOT_REPORT") or digits_run / "index.html")
+    shot = tmp_path / "first-screen.png"
+    done = browse(page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,800")
+    assert shot.is_file(), f"no screenshot; the browser said:\n{done.stderr[-2000:]}"
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[:2] == (800, 1280) and (pixels.min(axis=2) < 240).mean() > 0.02  # not a blank page
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, SCREENSHOT)
+    with capsys.disabled():  # shown without -s: the point is that a person finds it
+        print(f"\nfirst screen of {page}: {SCREENSHOT}")
+    # the first screen opens with the answers: the dom of the same page has them first
+    dom = browse(page, tmp_path / "profile-dom", "--dump-dom").stdout
+    summary = dom.index('<section id="summary">')
+    assert "As learned (k = 0):" in dom[summary:summary + 2000]

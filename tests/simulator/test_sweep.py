@@ -139,7 +139,7 @@ def test_a_diverging_trial_fails_and_the_others_complete(tmp_path, capsys):
     # CSV export of the database
     assert cli.main(["export", str(tmp_path / "out")]) == 0
     header, *rows = (tmp_path / "out" / "metrics.csv").read_text().splitlines()
-    assert header == "trial_id,strategy,seed,point,k,metric,value" and len(rows) == 4 * 2 * 10
+    assert header == "trial_id,strategy,seed,strategies.finetune.lr,k,metric,value" and len(rows) == 4 * 2 * 10
 
 
 def test_process_pool_is_bit_identical_to_one_process(tmp_path):

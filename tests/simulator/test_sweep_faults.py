@@ -361,7 +361,7 @@ def test_export_reports_a_csv_path_it_cannot_write(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"lifelong: cannot write {csv_path}: ") and "Traceback" not in err
     assert cli.main(["export", str(out)]) == 0
-    assert (out / "metrics.csv").read_text().splitlines()[1] == "t1,finetune,0,{},0,final_accuracy,0.5"
+    assert (out / "metrics.csv").read_text().splitlines()[1] == "t1,finetune,0,0,final_accuracy,0.5"
 
 
 def test_a_second_driver_on_the_same_directory_is_refused(streams, tmp_path, capsys):

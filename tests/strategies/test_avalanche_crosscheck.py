@@ -73,7 +73,7 @@ def test_accuracy_matrix_and_avalanche_metrics_agree(name):
 
     theirs, stream_metrics = avalanche_loop(stream, initial, name, CASES[name])
     strategy = strategies.build(name, {"lr": LR, "epochs": EPOCHS, "batch_size": BATCH, **CASES[name]})
-    ours = run(stream, strategy, model, SEED, EvalSettings(episodes=1, adapt_steps=0, full_test=True))
+    ours = run(stream, strategy, model, SEED, EvalSettings(episodes=1, adapt_steps=0, full_test=True, columns="all"))
     R = ours.acc[:, :, 0]
 
     assert theirs.shape == R.shape == (6, 5)
