@@ -170,8 +170,10 @@ class Evaluator:
                 else:
                     columns[task.id] = task.episodes("test", settings.episodes, shots, query, gen).to(device)
         ids = sorted(columns)
-        self.task_names = [{task.id: task.name for task in reversed(stream)}[j] for j in ids]  # first names
-        self.stream_columns = [ids.index(task.id) for task in stream]  # the column of each task of the stream
+        first_names = {task.id: task.name for task in reversed(stream)}
+        self.task_names = [first_names[j] for j in ids]
+        column_of = {j: c for c, j in enumerate(ids)}
+        self.stream_columns = [column_of[task.id] for task in stream]  # the column of each task of the stream
         if settings.full_test:
             self.columns, self.groups = [columns[j] for j in ids], []
         else:
@@ -236,7 +238,8 @@ class Evaluator:
         loss = np.full((self.num_columns, K + 1), np.nan)
         problems: dict[int, Tensor] = {}
         kind = self.stream.spec.kind
-        only_unadapted = tuple(j for j in plan.scored if j not in set(plan.adapted))
+        adapted = set(plan.adapted)
+        only_unadapted = tuple(j for j in plan.scored if j not in adapted)
         with eval_mode(strategy.model):
             for steps, columns in ((K, plan.adapted), (0, only_unadapted)):
                 if not columns:
@@ -286,7 +289,7 @@ class Evaluator:
         column ``j`` in ``columns``: the columns of each group of stacked episodes in one go."""
         together = strategy.batch_across_tasks
         for group in self.groups:
-            positions = [group.columns.index(j) for j in columns if j in group.position_of]
+            positions = [group.position_of[j] for j in columns if j in group.position_of]
             batches = [positions] if together else [[p] for p in positions]
             for batch in filter(None, batches):
                 eps = group.select(batch)
@@ -363,8 +366,9 @@ class EpisodeGroup:
     episodes: Episodes
     size: int
 
-    @property
+    @functools.cached_property
     def position_of(self) -> dict[int, int]:
+        """The position in the group of each of its task columns (built once, read every row)."""
         return {j: p for p, j in enumerate(self.columns)}
 
     @property
