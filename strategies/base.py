@@ -346,8 +346,11 @@ def gradient_step(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: 
         grads = grad(loss)({n: p.detach() for n, p in adapted.items()}, {n: p.detach() for n, p in fixed.items()})
     else:
         grads = grad(loss)(adapted, fixed)
-    rate = (lambda n: lr[n]) if isinstance(lr, Mapping) else (lambda n: lr)
-    return {n: p - rate(n) * grads[n] if n in grads else p for n, p in params.items()}
+    if isinstance(lr, Mapping):
+        return {n: p - lr[n] * grads[n] if n in grads else p for n, p in params.items()}
+    # one fused kernel (p + (-lr) * g): half the memory traffic of a product then a difference,
+    # which matters when the weights are stacked over many episodes (evaluation's adaptation)
+    return {n: torch.add(p, grads[n], alpha=-lr) if n in grads else p for n, p in params.items()}
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float = 0.0) -> torch.optim.Optimizer:

@@ -134,8 +134,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, draw: bool
 def _write(report, out_dir: Path, digest: str | None) -> Path:
     """Render ``report`` into ``out_dir`` (each file atomically, stale figures removed) and
     record ``digest`` last."""
-    from simulator.report import html, markdown
+    from simulator.report import document, figures, html, markdown
 
+    report = document.drawn(report, figures.draw_all)
     page = html.render(report)
     text, files = markdown.render(report)
     figure_dir = out_dir / markdown.FIGURE_DIR

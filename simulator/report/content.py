@@ -437,7 +437,7 @@ def _figure(draw: bool, name: str, render: Callable[[], bytes], alt: str, captio
     if not draw:
         return paragraph(f"Not drawn yet: {alt[0].lower()}{alt[1:]}. Figures are drawn when the run completes, "
                          "or at any time with ", Span("lifelong report RUN_DIR", "code"), ".")
-    return Figure(name, render(), alt, caption)
+    return Figure(name, render, alt, caption)  # drawn with the report's other figures (document.drawn)
 
 
 def _heatmap_section(run: RunData, prefix: str, draw: bool) -> Section:

@@ -12,8 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence, Union
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,14 @@ class Table:
 
 @dataclass(frozen=True)
 class Figure:
-    """A PNG figure; ``name`` is a safe file stem, unique within the report."""
+    """A PNG figure; ``name`` is a safe file stem, unique within the report.
+
+    ``png`` is the image, or a function of no arguments that draws it: builders hand over the
+    drawing so that :func:`drawn` can draw all of a report's figures at once (in parallel),
+    and the renderers only ever see bytes."""
 
     name: str
-    png: bytes
+    png: bytes | Callable[[], bytes]
     alt: str
     caption: str = ""
 
@@ -117,3 +121,30 @@ def walk(sections: tuple[Section, ...], depth: int = 0):
     for section in sections:
         yield depth, section
         yield from walk(section.children, depth + 1)
+
+
+def drawn(report: Report, draw_all: Callable[[Sequence[Callable[[], bytes]]], list[bytes]]) -> Report:
+    """``report`` with every figure still to draw replaced by its PNG; ``draw_all`` takes the
+    drawing functions in report order and returns their PNGs in that order
+    (:func:`simulator.report.figures.draw_all`)."""
+    pending: list[Callable[[], bytes]] = []
+
+    def collect(blocks):
+        pending.extend(b.png for b in blocks if isinstance(b, Figure) and callable(b.png))
+
+    collect(report.intro)
+    for _, section in walk(report.sections):
+        collect(section.blocks)
+    if not pending:
+        return report
+    pngs = iter(draw_all(pending))
+
+    def fill(blocks):
+        return tuple(replace(b, png=next(pngs)) if isinstance(b, Figure) and callable(b.png) else b for b in blocks)
+
+    def fill_sections(sections):
+        return tuple(replace(s, blocks=fill(s.blocks), children=fill_sections(s.children)) for s in sections)
+
+    # filled in the order collected: the intro, then each section's blocks before its children's
+    intro = fill(report.intro)
+    return replace(report, intro=intro, sections=fill_sections(report.sections))

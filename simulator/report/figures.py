@@ -47,6 +47,83 @@ def score_label(regression: bool) -> str:
     return "MSE (lower is better)" if regression else "accuracy (higher is better)"
 
 
+def drawing_workers(figures: int) -> int:
+    """How many processes :func:`draw_all` draws ``figures`` figures with, this one included:
+    one per usable CPU core, at most one per figure, at most :envvar:`LIFELONG_REPORT_WORKERS`
+    when that is set; 1 (this process alone) outside Linux, where ``fork`` is not the default
+    and not always safe."""
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    limit = os.environ.get("LIFELONG_REPORT_WORKERS", "").strip()
+    if limit.isdigit() and int(limit) >= 1:
+        cores = min(cores, int(limit))
+    return max(1, min(cores, figures))
+
+
+def draw_all(renders: Sequence) -> list[bytes]:
+    """The PNGs of ``renders`` (functions of no arguments returning PNG bytes), in order.
+
+    Drawing is matplotlib's Python, bound to one core. With several cores
+    (:func:`drawing_workers`) this process forks helpers: each process, this one included,
+    takes the next figure not yet taken (one byte pair from a shared pipe) and draws it whole,
+    so the bytes are those drawn here one after the other. A helper only draws and writes its
+    PNGs back, then exits without running any cleanup of this process's. Whatever a helper did
+    not deliver (it failed or was killed) is drawn here afterwards, so an error in a drawing
+    is raised here, with its traceback.
+    """
+    import os
+    import pickle
+
+    workers = drawing_workers(len(renders))
+    if workers < 2 or len(renders) >= 2 ** 16:
+        return [render() for render in renders]
+    pngs: dict[int, bytes] = {}
+    tickets_out, tickets_in = os.pipe()
+    # Tickets: every index as two bytes. A read of two bytes from a pipe is atomic, so each
+    # index goes to exactly one process; the pipe holds them all (64 KiB, 2 bytes each).
+    os.write(tickets_in, b"".join(i.to_bytes(2, "big") for i in range(len(renders))))
+    os.close(tickets_in)
+
+    def take() -> int | None:
+        ticket = os.read(tickets_out, 2)
+        return int.from_bytes(ticket, "big") if len(ticket) == 2 else None
+
+    helpers = []
+    try:
+        for _ in range(workers - 1):
+            result_out, result_in = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # a helper: draw, send, exit at once (no atexit, no stdio flush, no pytest)
+                status = 1
+                try:
+                    os.close(result_out)
+                    drawn = {}
+                    while (index := take()) is not None:
+                        drawn[index] = renders[index]()
+                    with os.fdopen(result_in, "wb") as out:
+                        pickle.dump(drawn, out)
+                    status = 0
+                finally:
+                    os._exit(status)
+            os.close(result_in)
+            helpers.append((pid, result_out))
+        while (index := take()) is not None:
+            pngs[index] = renders[index]()
+    finally:
+        os.close(tickets_out)
+        for pid, result_out in helpers:
+            with os.fdopen(result_out, "rb") as results:
+                data = results.read()
+            _, status = os.waitpid(pid, 0)
+            if status == 0:
+                pngs.update(pickle.loads(data))
+    return [pngs[i] if i in pngs else renders[i]() for i in range(len(renders))]
+
+
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -65,7 +142,15 @@ def _styled(draw):
 
         with matplotlib.rc_context(_STYLE):
             buffer = io.BytesIO()
-            draw(*args, **kwargs).savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+            fig = draw(*args, **kwargs)
+            # The layout computed once, directly: savefig would otherwise draw the whole figure
+            # without output just to run it, then draw it again.
+            engine = fig.get_layout_engine()
+            if engine is not None:
+                engine.execute(fig)
+                fig.set_layout_engine("none")
+            fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None},
+                        pil_kwargs={"compress_level": 1})  # zlib's fastest: encoding was a sixth of the time
         return buffer.getvalue()
     return wrapper
 
@@ -500,6 +585,7 @@ def training_curves(panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray, 
                     marker="o" if len(steps) <= 30 else None, markersize=3)
         if _spans_decades(np.concatenate([values for _, _, values in lines])):
             ax.set_yscale("log")
+            ax.minorticks_off()  # a decade's eight minor ticks each cost as much to lay out as a label
         ax.set_title(plain(tag))
         ax.set_xlabel("iteration of the run")
     for ax in list(axes.flat)[len(panels):]:

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -290,8 +291,8 @@ def _key_figure(sweep: SweepData, key: str, draw: bool, colours: dict[str, str])
     for which in ("k0", "kK"):
         for strategy, value, _, stats in against_key(sweep, key, which):
             series.setdefault((strategy, which), []).append((value, *stats[metric]))
-    png = key_lines(key, sweep.grid[key], series, label, sweep.regression, colours)
-    return Figure(f"sweep-{_safe(key)}", png, f"{label} against {key} per strategy, at k = 0 and k = K",
+    lines = functools.partial(key_lines, key, sweep.grid[key], series, label, sweep.regression, colours)
+    return Figure(f"sweep-{_safe(key)}", lines, f"{label} against {key} per strategy, at k = 0 and k = K",
                   f"{label} against {key}: mean over seeds (other grid keys averaged first), solid at k = 0 and "
                   "dashed at k = K; bars: 95% confidence interval over seeds.")
 
