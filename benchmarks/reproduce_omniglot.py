@@ -46,13 +46,15 @@ options below). The paper budgets, and where they differ from the papers:
 - Matching Networks (Vinyals et al. 2016): N-way training episodes, 60 / N of them per step
   (60 classes), 5 query images per class, Adam 0.001, 20,000 steps (the paper gives no
   training length); cosine attention with scale 10 (the library's default), no FCE.
-- Reptile (Nichol et al. 2018, the Omniglot commands of the reference code): 10 images per
-  class in a training episode, 5 episodes per meta-batch; 5-way: 5 inner steps, 100,000
-  meta-iterations; 20-way: 10 inner steps, 200,000; 50 steps at test (transductive). The
-  paper's inner optimiser is Adam (beta1 = 0) on mini-batches of 10 or 20 with its outer step
-  annealed from 1 to 0; the strategy takes full-batch SGD steps (``inner_lr`` 0.1, our
-  choice: the paper has no SGD step size) with a constant outer step (``epsilon`` = 0.5, the
-  mean of that schedule).
+- Reptile (Nichol et al. 2018): the commands of the authors' README, :data:`REPTILE_COMMANDS`
+  (5-way 1-shot: their transductive command): Adam with beta1 = 0 on mini-batches
+  (``inner_optimizer = "adam"``, ``inner_batch_size``), the moments carried over, the outer
+  step annealed linearly to 0 (``epsilon_final``), training episodes of ``--train-shots``
+  images per class (shots plus query here), 100,000 or 200,000 meta-iterations. At test their
+  Adam steps take mini-batches (``--eval-batch``) of the support set; ours take all of it, from
+  the moments training left (strategies/reptile.py says where else ours differs). BatchNorm
+  uses batch statistics at test, as their transductive runs, and the published figures are
+  those of their transductive table.
 - SNAIL (Mishra et al. 2018): the paper's Omniglot network after the embedding (attention
   (64, 32), TC(128), attention(256, 128), TC(128), attention(512, 256), a linear layer: the
   ``snail`` defaults) and N-way K-shot training episodes. Training settings as the independent
@@ -68,18 +70,12 @@ options below). The paper budgets, and where they differ from the papers:
   5 latent steps at test. The paper trains LEO on fixed features of a pre-trained WRN-28-10;
   here the conv4 embedding is trained jointly, end to end (strategies/leo.py).
 
-The ``cpu`` budget: for Prototypical Networks and MAML 5-way 1-shot, reduced budgets that
-train in 11 and 16 minutes on two CPU cores and reach 98.4% and 95.6% (benchmarks/RESULTS.md);
-for SNAIL 5-way 1-shot, 4,000 steps of 8 episodes with 5 query images per class and Adam
-0.001, meant to reach 97% in under 30 minutes on two cores (0.45 s of CPU a step measured on
-a machine busy with other jobs, load 5: 30 minutes of CPU at that rate, less on a quiet one);
-its accuracy at the end is not measured yet: a 140-step smoke reached 32.8%, the loss leaving
-the chance plateau (ln 5) after about 100 steps;
-for LEO 5-way 1-shot, 3,000 steps of 8 episodes with 5 query images per class and Adam 0.001,
-meant to reach 97% in under 30 minutes on two cores (0.4 s of CPU a step on a machine busy
-with other jobs, load 6: 20 minutes of CPU, and a test of 1000 episodes in about a minute); its
-accuracy at the end is not measured yet: a 200-step smoke (the first 200 steps of this budget,
-200 test episodes) reached 90.5% +- 1.3 in 2.7 minutes (1.3 of CPU);
+The ``cpu`` budget: reduced budgets meant to train in under 30 minutes on two CPU cores; what
+each row reached, in how long, is in benchmarks/RESULTS.md. Prototypical Networks: 1,600 steps
+(98.4% on 5-way 1-shot); MAML 5-way 1-shot: 2,400 x 16 episodes (95.6%); SNAIL 5-way 1-shot:
+4,000 steps of 8 episodes with 5 query images per class and Adam 0.001 (95.8%: the loss leaves
+the chance plateau, ln 5, after about 100 steps); LEO: 3,000 steps (5-way 1-shot, 96.0%) or
+1,800 (5-way 5-shot, 98.3%) of 8 episodes with 5 query images per class and Adam 0.001;
 for the other rows, smaller budgets of the same kind for trying the pipeline on a CPU, not
 tuned for accuracy.
 
@@ -147,6 +143,15 @@ class Budget:
     train_ways: int | None = None  # classes of a training episode when not the test's N
 
 
+REPTILE_COMMANDS = {  # (ways, shots) -> their --train-shots, --inner-batch, --inner-iters, --learning-rate,
+    # --meta-step (annealed to --meta-step-final 0), --meta-batch, --meta-iters, --eval-iters
+    (5, 1): (15, 25, 3, 0.001, 1.0, 10, 100_000, 5),      # the transductive 1-shot 5-way command
+    (5, 5): (10, 10, 5, 0.0015, 0.7, 5, 100_000, 100),
+    (20, 1): (9, 15, 12, 0.00046, 1.0, 3, 200_000, 97),
+    (20, 5): (12, 20, 12, 0.00046, 1.0, 3, 200_000, 97),
+}
+
+
 def paper_budget(method: str, ways: int, shots: int) -> Budget:
     """The training budget of the paper that introduced ``method`` (see the module docstring)."""
     if method in ("maml", "fomaml"):
@@ -163,12 +168,14 @@ def paper_budget(method: str, ways: int, shots: int) -> Budget:
         params = {"lr": 0.001, "meta_iterations": 20_000, "meta_batch_size": max(1, 60 // ways), "shots": shots,
                   "query": 5, "embedding_dim": 64}
         return Budget("paper", params, adapt_steps=1)
-    if method == "reptile":
-        five = ways <= 5
-        params = {"meta_iterations": 100_000 if five else 200_000, "meta_batch_size": 5,
-                  "inner_steps": 5 if five else 10, "inner_lr": 0.1, "epsilon": 0.5, "shots": shots,
-                  "query": 10 - shots}
-        return Budget("paper", params, adapt_steps=50)
+    if method == "reptile":  # the authors' README commands (github.com/openai/supervised-reptile)
+        # (train shots, inner batch, inner steps, Adam rate, epsilon, meta-batch, iterations, test steps)
+        train_shots, batch, steps, lr, epsilon, meta_batch, iterations, test_steps = REPTILE_COMMANDS[
+            (5 if ways <= 5 else 20, 1 if shots == 1 else 5)]
+        params = {"inner_optimizer": "adam", "inner_lr": lr, "inner_batch_size": batch, "inner_steps": steps,
+                  "epsilon": epsilon, "epsilon_final": 0.0, "meta_batch_size": meta_batch,
+                  "meta_iterations": iterations, "shots": shots, "query": train_shots - shots}
+        return Budget("paper", params, adapt_steps=test_steps)
     if method == "snail":
         params = {"lr": 0.0001, "meta_iterations": 50_000, "meta_batch_size": 32, "shots": shots, "query": 1,
                   "embedding_dim": 64}
@@ -190,13 +197,13 @@ def cpu_budget(method: str, ways: int, shots: int) -> Budget:
         budget.params.update(meta_iterations=1_600)
     elif method == "matching":
         budget.params.update(meta_iterations=2_000)
-    elif method == "reptile":  # 5 episodes x 5 SGD steps on 50 images: about 1.8 s an iteration on 2 cores
-        budget.params.update(meta_iterations=800)
-        budget.adapt_steps = 10
+    elif method == "reptile":  # the paper's settings, 1/200 of its iterations (annealed over those):
+        budget.params.update(meta_iterations=500)  # 5-way 1-shot, 2.2 s of CPU an iteration on one thread
     elif method == "snail":  # 8 episodes x 30 images: 0.45 s of CPU an iteration (2 cores, load 5)
         budget.params.update(lr=0.001, meta_iterations=4_000 if ways <= 5 else 1_000, meta_batch_size=8, query=5)
     elif method == "leo":  # 8 episodes x 30 images (5-way 1-shot): 0.4 s of CPU an iteration (2 cores, load 6)
-        budget.params.update(lr=0.001, meta_iterations=3_000 if ways <= 5 else 1_000, meta_batch_size=8, query=5)
+        iterations = (3_000 if shots == 1 else 1_800) if ways <= 5 else 1_000  # 5-shot: 0.68 s an iteration
+        budget.params.update(lr=0.001, meta_iterations=iterations, meta_batch_size=8, query=5)
     return budget
 
 
