@@ -2,7 +2,8 @@
 
 A query item's class distribution is ``p(c | x) = sum_i a(x, x_i) [y_i = c]``, where the
 attention ``a(x, x_i)`` is the softmax over the support items of ``scale`` times the cosine
-similarity of the embeddings. The query and support items share one embedding, trained
+similarity of the embeddings (``scale`` = 10 by default, our choice: the paper's formula has
+no scale, which ``scale = 1`` gives). The query and support items share one embedding, trained
 episodically on each task (``meta_iterations`` Adam steps on ``meta_batch_size`` episodes) with
 the negative log-likelihood of the query labels; the embedding machinery (model sizing,
 batch-statistics BatchNorm, the training loop) is that of :mod:`strategies.protomemory`.
