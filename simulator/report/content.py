@@ -431,13 +431,14 @@ def _strategy_label(run: RunData) -> list[str]:
     return [s.label for s in run.strategies]
 
 
-def _figure(draw: bool, name: str, render: Callable[[], bytes], alt: str, caption: str) -> Block:
+def _figure(draw: bool, name: str, render: Callable[[], bytes], alt: str, caption: str, panels: int = 1) -> Block:
     """The figure, or with ``draw`` false a note in its place (the quick report rewritten after
-    each finished run of an experiment stays cheap by drawing nothing)."""
+    each finished run of an experiment stays cheap by drawing nothing). ``panels``: its number
+    of axes, the measure of its drawing cost (figures with more are drawn first)."""
     if not draw:
         return paragraph(f"Not drawn yet: {alt[0].lower()}{alt[1:]}. Figures are drawn when the run completes, "
                          "or at any time with ", Span("lifelong report RUN_DIR", "code"), ".")
-    return Figure(name, render, alt, caption)  # drawn with the report's other figures (document.drawn)
+    return Figure(name, render, alt, caption, cost=panels)  # drawn with the report's others (document.drawn)
 
 
 def _heatmap_section(run: RunData, prefix: str, draw: bool) -> Section:
@@ -450,7 +451,8 @@ def _heatmap_section(run: RunData, prefix: str, draw: bool) -> Section:
             f"Heatmaps of R at k = {k}, one per strategy",
             f"R[i, j] at k = {k} ({'as learned' if k == 0 else 'after adaptation'}), mean over seeds: row i after "
             "learning i tasks (row 0 untrained), column j the task evaluated. Outlined: each task right "
-            "after it was learned; below the outline is memory of old tasks, above it transfer to future ones."))
+            "after it was learned; below the outline is memory of old tasks, above it transfer to future ones.",
+            panels=len(matrices) + 1))
     return Section(f"{prefix}matrix", "Accuracy matrix R" if not reg else "MSE matrix R", tuple(blocks))
 
 
@@ -466,7 +468,7 @@ def _stream_section(run: RunData, prefix: str, draw: bool) -> Section:
     figure = _figure(draw, f"{prefix}stream", lambda: figures.stream_lines(matrices, reg),
                      "Score of each task along the stream, one panel per strategy",
                      "Each task's score (k = 0, mean over seeds) after each number of tasks learned; dashed "
-                     "before the task is learned, solid after, a dot where it was learned.")
+                     "before the task is learned, solid after, a dot where it was learned.", panels=len(matrices))
     return Section(f"{prefix}stream", "Each task along the stream", (figure,))
 
 
@@ -494,7 +496,7 @@ def _adaptation_section(run: RunData, prefix: str, curves, draw: bool, colours: 
                      "tasks: new tasks before they are learned (R[j, j, k]), each task right after learning "
                      "it (R[j+1, j, k]) and the old tasks at the end (R[T, j, k], j < T-1). "
                      + ("Bands: 95% confidence interval over seeds, clipped to the score's range." if seeds > 1
-                        else "One seed, so no confidence band."))
+                        else "One seed, so no confidence band."), panels=3)
     return Section(f"{prefix}adaptation", "Adaptation curves", (figure,))
 
 
@@ -520,7 +522,7 @@ def _transfer_section(run: RunData, prefix: str, draw: bool, colours: dict[str, 
                      "Forgetting and forward transfer per strategy with 95% error bars",
                      "Forgetting (left, lower is better) and forward transfer (right, higher is better) per "
                      "strategy, as learned (solid) and after adaptation (light); error bars and ± values: "
-                     "95% confidence interval over seeds.")
+                     "95% confidence interval over seeds.", panels=2)
     return Section(f"{prefix}transfer", "Forgetting and forward transfer", (figure,))
 
 
@@ -1080,5 +1082,5 @@ def _training_sections(run: RunData, prefix: str, draw: bool, colours: dict[str,
                      "What the runs logged along the way (logs/*.csv), one panel per tag, mean over seeds, against "
                      "the run's iteration count: train/ inside a task (every [logging] every iterations), online/ "
                      "per batch window, eval/ the mean over the tasks seen after each evaluated row, task/ what "
-                     "learn returned per task." + left_out)
+                     "learn returned per task." + left_out, panels=len(shown))
     return [Section(f"{prefix}training", "Training curves", (figure,))]

@@ -76,6 +76,7 @@ class Figure:
     png: bytes | Callable[[], bytes]
     alt: str
     caption: str = ""
+    cost: float = 1.0  # how long drawing it takes, relatively: the costliest are drawn first
 
 
 @dataclass(frozen=True)
@@ -123,21 +124,21 @@ def walk(sections: tuple[Section, ...], depth: int = 0):
         yield from walk(section.children, depth + 1)
 
 
-def drawn(report: Report, draw_all: Callable[[Sequence[Callable[[], bytes]]], list[bytes]]) -> Report:
-    """``report`` with every figure still to draw replaced by its PNG; ``draw_all`` takes the
-    drawing functions in report order and returns their PNGs in that order
-    (:func:`simulator.report.figures.draw_all`)."""
-    pending: list[Callable[[], bytes]] = []
+def drawn(report: Report, draw_all: Callable[..., list[bytes]]) -> Report:
+    """``report`` with every figure still to draw replaced by its PNG; ``draw_all(renders,
+    costs)`` takes the drawing functions and their costs in report order and returns their PNGs
+    in that order (:func:`simulator.report.figures.draw_all`)."""
+    pending: list[Figure] = []
 
     def collect(blocks):
-        pending.extend(b.png for b in blocks if isinstance(b, Figure) and callable(b.png))
+        pending.extend(b for b in blocks if isinstance(b, Figure) and callable(b.png))
 
     collect(report.intro)
     for _, section in walk(report.sections):
         collect(section.blocks)
     if not pending:
         return report
-    pngs = iter(draw_all(pending))
+    pngs = iter(draw_all([f.png for f in pending], [f.cost for f in pending]))
 
     def fill(blocks):
         return tuple(replace(b, png=next(pngs)) if isinstance(b, Figure) and callable(b.png) else b for b in blocks)

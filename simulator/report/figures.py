@@ -64,12 +64,13 @@ def drawing_workers(figures: int) -> int:
     return max(1, min(cores, figures))
 
 
-def draw_all(renders: Sequence) -> list[bytes]:
+def draw_all(renders: Sequence, costs: Sequence[float] | None = None) -> list[bytes]:
     """The PNGs of ``renders`` (functions of no arguments returning PNG bytes), in order.
 
     Drawing is matplotlib's Python, bound to one core. With several cores
     (:func:`drawing_workers`) this process forks helpers: each process, this one included,
-    takes the next figure not yet taken (one byte pair from a shared pipe) and draws it whole,
+    takes the next figure not yet taken (one byte pair from a shared pipe), the costliest first
+    by ``costs`` (relative drawing times; default: equal), and draws it whole,
     so the bytes are those drawn here one after the other. A helper only draws and writes its
     PNGs back, then exits without running any cleanup of this process's. Whatever a helper did
     not deliver (it failed or was killed) is drawn here afterwards, so an error in a drawing
@@ -85,7 +86,8 @@ def draw_all(renders: Sequence) -> list[bytes]:
     tickets_out, tickets_in = os.pipe()
     # Tickets: every index as two bytes. A read of two bytes from a pipe is atomic, so each
     # index goes to exactly one process; the pipe holds them all (64 KiB, 2 bytes each).
-    os.write(tickets_in, b"".join(i.to_bytes(2, "big") for i in range(len(renders))))
+    order = sorted(range(len(renders)), key=lambda i: -costs[i]) if costs is not None else range(len(renders))
+    os.write(tickets_in, b"".join(i.to_bytes(2, "big") for i in order))
     os.close(tickets_in)
 
     def take() -> int | None:

@@ -69,7 +69,7 @@ def test_drawn_fills_every_pending_figure_in_report_order():
     inner = Section("inner", "Inner", (pending("c"), paragraph("text")))
     report = Report("t", (pending("a"), Figure("ready", b"done", "ready")),
                     (Section("outer", "Outer", (pending("b"),), (inner,)), Section("last", "Last", (pending("d"),))))
-    filled = document.drawn(report, lambda renders: [r() for r in renders])
+    filled = document.drawn(report, lambda renders, costs: [r() for r in renders])
     assert order == ["a", "b", "c", "d"]
     assert [b.png for b in filled.intro] == [b"a", b"done"]
     assert filled.sections[0].blocks[0].png == b"b" and filled.sections[0].children[0].blocks[0].png == b"c"
@@ -86,3 +86,21 @@ def test_a_report_drawn_by_several_processes_is_byte_identical(digits_run, tmp_p
     for png in one:
         assert png.read_bytes() == (tmp_path / "three" / "figures" / png.name).read_bytes()
     assert (tmp_path / "one" / "index.html").read_bytes() == (tmp_path / "three" / "index.html").read_bytes()
+
+
+def test_the_costliest_figures_are_taken_first(monkeypatch):
+    monkeypatch.setattr(figures, "drawing_workers", lambda n: 2)
+    read, write = os.pipe()
+
+    def render(index: int):
+        def draw() -> bytes:
+            os.write(write, bytes([index]))  # the order in which the two processes took them
+            time.sleep(0.05)
+            return bytes([index])
+        return draw
+
+    pngs = figures.draw_all([render(i) for i in range(4)], costs=[1, 5, 2, 9])
+    os.close(write)
+    started = list(os.read(read, 16))
+    assert pngs == [bytes([i]) for i in range(4)]
+    assert set(started[:2]) == {3, 1} and set(started[2:]) == {2, 0}
