@@ -228,6 +228,8 @@ def test_figure_has_one_panel_per_changing_tag(monkeypatch):
     drawn = []
     monkeypatch.setattr(figures, "training_curves", lambda panels, colours: drawn.append(panels) or b"png")
     (section,) = content._training_sections(run, "", True, {"m": "#000"})
+    (figure,) = section.blocks
+    assert figure.png() == b"png" and figure.cost == 1  # drawn when the report is written: one panel
     # task/steps is constant and eval/accuracy_k0 a single point: only train/loss is a curve
     ((tag, ((label, steps, values),)),) = drawn[0]
     assert (tag, label, steps.tolist(), values.tolist()) == ("train/loss", "m", [1, 2], [2.0, 3.0])
