@@ -78,6 +78,7 @@ def draw_all(renders: Sequence, costs: Sequence[float] | None = None) -> list[by
     """
     import os
     import pickle
+    import signal
 
     workers = drawing_workers(len(renders))
     if workers < 2 or len(renders) >= 2 ** 16:
@@ -102,6 +103,10 @@ def draw_all(renders: Sequence, costs: Sequence[float] | None = None) -> list[by
             if pid == 0:  # a helper: draw, send, exit at once (no atexit, no stdio flush, no pytest)
                 status = 1
                 try:
+                    # Ctrl-C is the calling process's to handle (a run's stop request announces
+                    # itself and checkpoints there, not here); a helper finishes its figure.
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     os.close(result_out)
                     drawn = {}
                     while (index := take()) is not None:

@@ -104,3 +104,16 @@ def test_the_costliest_figures_are_taken_first(monkeypatch):
     started = list(os.read(read, 16))
     assert pngs == [bytes([i]) for i in range(4)]
     assert set(started[:2]) == {3, 1} and set(started[2:]) == {2, 0}
+
+
+def test_helpers_leave_ctrl_c_to_the_calling_process(three_processes):
+    import signal
+
+    def handler_in_use() -> bytes:
+        time.sleep(0.05)
+        return str(signal.getsignal(signal.SIGINT) is signal.SIG_IGN).encode() + f":{os.getpid()}".encode()
+
+    seen = {tuple(p.split(b":")) for p in figures.draw_all([handler_in_use for _ in range(8)])}
+    here = [ignored for ignored, pid in seen if int(pid) == os.getpid()]
+    helpers = [ignored for ignored, pid in seen if int(pid) != os.getpid()]
+    assert helpers and all(i == b"True" for i in helpers) and all(i == b"False" for i in here)
