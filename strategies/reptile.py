@@ -256,7 +256,8 @@ class Reptile(EpisodicStrategy):
         return {"inner_loss": float(total) / c.meta_iterations, "meta_iterations": c.meta_iterations}
 
     # -- evaluation and the online loop under Adam -------------------------------------------------
-    def adam_steps(self, x: Tensor, y: Tensor, mask: Tensor | None, batched: bool) -> Callable[[dict[str, Tensor], Moments, int], tuple[dict[str, Tensor], Moments]]:
+    def adam_steps(self, x: Tensor, y: Tensor, mask: Tensor | None,
+                   batched: bool) -> Callable[..., tuple[dict[str, Tensor], Moments]]:
         """A function taking one full-batch Adam step (step size ``adapt_lr`` or ``inner_lr``) on
         ``(x, y)`` (``batched``: one per episode, ``vmap``-ed) from given parameters and moments."""
         c = self.config
@@ -266,11 +267,12 @@ class Reptile(EpisodicStrategy):
         def step(params, moments, xe, ye, count):
             return adam_step(self.model, params, moments, xe, ye, count=count, **options)
 
-        def run(params, moments, k, params_batched, moments_batched):
+        def run(params, moments, k, stepped):
+            """Step ``k``; ``stepped``: parameters and moments already carry the episode dimension."""
             count = self.adam_count + k
             if not batched:
                 return step(params, moments, x, y, count)
-            dims = (0 if params_batched else None, 0 if moments_batched else None, 0, 0)
+            dims = (0, 0, 0, 0) if stepped else (None, None, 0, 0)
             return vmap(lambda p, m, xe, ye: step(p, m, xe, ye, count), in_dims=dims)(params, moments, x, y)
         return run
 
@@ -284,10 +286,9 @@ class Reptile(EpisodicStrategy):
         state = AdaptState(params, batched=False)
         yield state
         run = self.adam_steps(support.x, support.y, support.mask, batched=True)
-        moments, moments_batched = self.moments, False
+        moments = self.moments
         for k in range(1, steps + 1):
-            new, moments = run(state.params, moments, k, state.batched, moments_batched)
-            moments_batched = True
+            new, moments = run(state.params, moments, k, state.batched)
             state = AdaptState(new, batched=True)
             yield state
 
@@ -302,7 +303,7 @@ class Reptile(EpisodicStrategy):
         run = self.adam_steps(x, y, None, batched=False)
         fast, moments = start, self.moments
         for k in range(1, self.config.inner_steps + 1):
-            fast, moments = run(fast, moments, k, False, False)
+            fast, moments = run(fast, moments, k, False)
         self.online_fast = {n: p.detach() for n, p in fast.items()}
         return {}
 
