@@ -7,7 +7,7 @@ input, channels-last pooling when no gradient is recorded). Both share one set o
 the script first checks, in float64, that they give the same outputs and the same
 second-order meta-gradient, then times (best of ``--repeats``, CPU time of this process):
 
-- a second-order and a first-order MAML meta-gradient (``strategies.maml.meta_objective`` and
+- a second-order and a first-order MAML meta-gradient (``strategies.episodic.meta_objective`` and
   its backward) on a meta-batch of 32 five-way one-shot episodes of 28x28 images, one query
   image per class, one inner step of 0.4;
 - a test forward pass without gradients, as ``Strategy.predict`` makes it: ``vmap`` over 25
@@ -33,7 +33,7 @@ from torch.func import functional_call, vmap
 
 from scenarios.base import Episodes
 from strategies.backbones import Conv4
-from strategies.maml import meta_objective
+from strategies.episodic import meta_objective
 
 
 class VarianceBatchNorm(nn.Module):

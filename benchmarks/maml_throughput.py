@@ -10,7 +10,7 @@ the same initial model on meta-batches drawn from the same task with the same sa
   these models its batched-parameter path (``strategies/batched.py``: the parameters expanded
   over the meta-batch, batched matrix products and grouped convolutions, one
   ``torch.autograd.grad`` per inner step).
-* ``vmap``: the same strategy with :func:`strategies.maml.meta_objective`'s ``batched=False``,
+* ``vmap``: the same strategy with :func:`strategies.episodic.meta_objective`'s ``batched=False``,
   the path every other model takes (and the only one before issue 16): one ``vmap`` over the
   meta-batch of an inner loop written with ``torch.func.grad``.
 * ``loop``: the textbook implementation, a Python loop over the tasks of the meta-batch, each
@@ -74,7 +74,7 @@ import strategies
 from scenarios.base import Episodes, LabelledPool, StreamSpec, Task
 from strategies.base import task_loss
 from strategies.batched import batched_forward
-from strategies.maml import meta_backward, meta_objective
+from strategies.episodic import meta_backward, meta_objective
 
 try:
     import higher

@@ -146,7 +146,8 @@ def run_ours(stream, benchmark: str, variant: str, seed: int, device: str, log: 
 
 def run_avalanche(stream, benchmark: str, seed: int, device: str, log: Callable) -> dict[str, Any]:
     from strategies import avalanche_runtime as rt
-    from strategies.avalanche import isolated_rng
+    from scenarios.rng import isolated_rng
+    from strategies.avalanche import generator_seed
 
     s = SETTINGS[benchmark]
     settings = dict(mem_size=s["memory_size"], batch_size_mem=s["replay_batch_size"] - 1,
@@ -158,7 +159,7 @@ def run_avalanche(stream, benchmark: str, seed: int, device: str, log: Callable)
     evaluator = Evaluator(columns, EvalSettings(episodes=1, adapt_steps=0, full_test=True), seed, device)
     scorer = strategies.build("finetune", label="avalanche.MER")
     scorer.setup(model, stream.spec, device, seed=seed)   # only to score the model avalanche trains
-    with rt.quiet(), isolated_rng(generator, device):
+    with rt.quiet(), isolated_rng(generator_seed(generator), device):
         cl = rt.avalanche_class("avalanche.training.supervised:MER")(
             model=model, optimizer=torch.optim.SGD(model.parameters(), lr=s["lr"]),
             criterion=torch.nn.CrossEntropyLoss(), mem_size=settings["mem_size"],
@@ -175,7 +176,7 @@ def run_avalanche(stream, benchmark: str, seed: int, device: str, log: Callable)
                 correct.append(float((model(x).argmax(1) == y).float().mean()))
             experience = rt.make_experience(x, y, 0, t)
             start = time.perf_counter()
-            with isolated_rng(generator, device):
+            with isolated_rng(generator_seed(generator), device):
                 cl.train(experience, eval_streams=[], shuffle=False)
             seconds += time.perf_counter() - start
             if (t + 1) % per_task == 0:

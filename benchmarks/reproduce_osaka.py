@@ -24,7 +24,7 @@ Rows (labels of the generated experiment file):
 
 Every row runs through the public API, the code path of ``lifelong run``: an experiment (one per
 switch probability, every row and seed) is validated by
-:func:`simulator.config.validate_experiment` and run by :func:`simulator.runner.run_experiment`
+:func:`simulator.config.validate_experiment` and run by :func:`simulator.experiment.run_experiment`
 into ``--out``/switch<p> (a complete run directory: ``lifelong report`` works on it, and
 rerunning this script resumes it). The rows are read back from its ``results.json``.
 
@@ -59,7 +59,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simulator.config import validate_experiment  # noqa: E402
-from simulator.runner import run_experiment  # noqa: E402
+from simulator.experiment import run_experiment  # noqa: E402
 
 POOLS = ("omniglot", "mnist", "fashion-mnist")
 # OSAKA's best Continual-MAML thresholds (Config/Best_params/omniglot_p0.9{,8}.json, cl_tbd_thres)

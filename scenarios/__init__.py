@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from scenarios.base import (PROTOCOLS, Episodes, Family, GroupedPool, ImagePool, LabelledPool, Params,
-                            Registry, ScenarioError, Stream, StreamSpec, Support, Task)
+from scenarios.base import (PROTOCOLS, Episodes, Family, GroupedPool, ImagePool, LabelledPool, ScenarioError, Stream,
+                            StreamSpec, Support, Task)
+from scenarios.custom import from_datasets, from_tensors
 from scenarios.online import Batch, OnlineFamily, OnlineStream
+from scenarios.params import Params
+from scenarios.registry import Registry
 
 FAMILIES = Registry("scenario", {
     "sinusoid": "scenarios.sinusoid:SINUSOID",
@@ -63,4 +66,4 @@ def build(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> 
 
 __all__ = ["Batch", "Episodes", "Family", "GroupedPool", "ImagePool", "LabelledPool", "OnlineFamily", "OnlineStream",
            "PROTOCOLS", "Params", "ScenarioError", "Stream", "StreamSpec", "Support", "Task", "FAMILIES", "available",
-           "build", "family"]
+           "build", "family", "from_datasets", "from_tensors"]

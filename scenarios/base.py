@@ -1,4 +1,4 @@
-"""Data model of a lifelong stream: episodes, example pools, tasks, streams and registries.
+"""Data model of a lifelong stream: episodes, example pools, tasks and streams.
 
 A :class:`Stream` is an ordered list of :class:`Task` objects plus a :class:`StreamSpec`
 (problem kind, protocol, input shape, output size). Every task holds a training source and a
@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
+
+from scenarios.rng import generator
 
 
 class ScenarioError(ValueError):
@@ -367,68 +367,22 @@ class Stream:
         """Distinct task ids: the width of the evaluation tensor."""
         return len({t.id for t in self.tasks})
 
-    @classmethod
-    def from_tensors(cls, tasks, **options) -> "Stream":
-        """A classification stream from per-task ``(x_train, y_train, x_test, y_test)`` tensors;
-        see :func:`scenarios.custom.from_tensors` for the options."""
-        from scenarios.custom import from_tensors  # custom builds on this module
 
-        return from_tensors(tasks, **options)
-
-    @classmethod
-    def from_datasets(cls, tasks, **options) -> "Stream":
-        """A classification stream from per-task ``(train, test)`` torch datasets; see
-        :func:`scenarios.custom.from_datasets` for the options."""
-        from scenarios.custom import from_datasets
-
-        return from_datasets(tasks, **options)
+_CLASS_ORDER_SALT = 1
 
 
-def generator(seed: int, *salt: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from ``seed`` and optional integers, for independent
-    deterministic random streams (e.g. one per task) without touching global state."""
-    mixed = seed
-    for s in salt:
-        mixed = (mixed * 1_000_003 + s + 1) % (2**63 - 1)
-    return torch.Generator().manual_seed(mixed)
+def class_split(num_classes: int, num_tasks: int, classes_per_task: int, shuffle: bool, seed: int) -> list[Tensor]:
+    """Each task's classes (sorted) when ``num_classes`` classes are dealt out
+    ``classes_per_task`` at a time, in the order 0, 1, 2, ... or, with ``shuffle``, in an order
+    drawn from ``seed``: the class-incremental splits of the digits and MNIST families.
 
-
-@dataclass
-class Registry:
-    """Names mapped to ``"module:attribute"`` targets, imported only when first used.
-
-    The built-in entries are listed explicitly (no import-time registration); users may add
-    their own objects with :meth:`register`.
+    Example:
+        >>> [c.tolist() for c in class_split(6, 3, 2, shuffle=False, seed=0)]
+        [[0, 1], [2, 3], [4, 5]]
     """
-
-    what: str
-    entries: dict[str, str | Any] = field(default_factory=dict)
-
-    def register(self, name: str, target: Any) -> None:
-        """Make ``target`` (an object, or a ``"module:attribute"`` string) available as ``name``."""
-        self.entries[name] = target
-
-    def names(self) -> list[str]:
-        return sorted(self.entries)
-
-    def get(self, name: str) -> Any:
-        """The object registered as ``name``; a ``KeyError`` listing the valid names if absent."""
-        if name not in self.entries:
-            raise KeyError(f"unknown {self.what} {name!r}; valid: {', '.join(self.names())}")
-        target = self.entries[name]
-        if isinstance(target, str):
-            module, attr = target.split(":")
-            target = getattr(importlib.import_module(module), attr)
-            self.entries[name] = target
-        return target
-
-
-class Params(BaseModel):
-    """Base of every parameter model (scenarios, strategies, models): unknown keys are errors,
-    types are checked strictly (a string is never silently read as a number), every float is
-    finite (``inf`` and ``nan`` are refused: no setting means them), values frozen."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    order = (torch.randperm(num_classes, generator=generator(seed, _CLASS_ORDER_SALT)) if shuffle
+             else torch.arange(num_classes))
+    return [order[t * classes_per_task:(t + 1) * classes_per_task].sort().values for t in range(num_tasks)]
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,13 @@ an experiment file.
 In Python::
 
     import torch
-    from scenarios import Stream
+    from scenarios import from_tensors
 
     def task(c):  # two Gaussian blobs per task, classes 2c and 2c+1
         x = torch.randn(200, 2) + 4 * c
         y = torch.arange(2 * c, 2 * c + 2).repeat(100)
         return x, y, x + 0.1 * torch.randn(200, 2), y
-    stream = Stream.from_tensors([task(0), task(1)], protocol="class-incremental")
+    stream = from_tensors([task(0), task(1)], protocol="class-incremental")
 
 In an experiment file, ``[scenario] name = "package.module:function"`` names a function that
 returns a :class:`~scenarios.base.Stream`; the table's other keys are passed to it as keyword
@@ -22,6 +22,8 @@ are reported with their field path before anything runs. A function that accepts
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import inspect
 import os
@@ -32,7 +34,8 @@ import torch
 from pydantic import ConfigDict, TypeAdapter, create_model
 from torch import Tensor
 
-from scenarios.base import PROTOCOLS, Family, LabelledPool, Params, ScenarioError, Stream, StreamSpec, Task
+from scenarios.base import PROTOCOLS, Family, LabelledPool, ScenarioError, Stream, StreamSpec, Task
+from scenarios.params import Params
 
 
 def _as_tensor(value: Any, what: str) -> Tensor:
@@ -186,23 +189,22 @@ def _one_paragraph(text: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-_callable_families: dict[str, Family] = {}
-
-
 def import_named(target: str, what: str, error: type[Exception], form: str = "package.module:name") -> Any:
     """The object that ``target = "package.module:name"`` names (``name`` may be dotted:
     ``Outer.Inner``), importing the module; every problem raises ``error`` with one paragraph
     naming ``what`` (``"scenario"``, ``"strategy"``, ``"model"``) and the target.
 
-    The current directory is searched after the installed packages: the ``lifelong`` script
-    does not put it on ``sys.path``, and a user's module usually lies there (as uvicorn and
-    gunicorn do).
+    The current directory is searched after the installed packages while the module is
+    imported (the ``lifelong`` script does not put it on ``sys.path``, and a user's module
+    usually lies there, as uvicorn and gunicorn do); ``sys.path`` is as it was afterwards.
     """
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr or ":" in attr:
         raise error(f"{target!r} is not of the form {form!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
     try:
         obj = importlib.import_module(module_name)
     except ImportError as err:
@@ -211,6 +213,10 @@ def import_named(target: str, what: str, error: type[Exception], form: str = "pa
     except Exception as err:  # the user's module itself fails: report it, not a traceback
         raise error(f"importing module {module_name!r} for {what} {target!r} failed: "
                     f"{type(err).__name__}: {_one_paragraph(str(err))}") from None
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):  # the user's module may have removed it itself
+                sys.path.remove(cwd)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise error(f"module {module_name!r} has no attribute {attr!r} ({what} {target!r})")
@@ -268,6 +274,7 @@ def _params_model(target: str, fn: Callable) -> type[Params]:
     return create_model(f"Params[{target}]", __base__=_OpenParams if takes_kwargs else _ClosedParams, **fields)
 
 
+@functools.cache  # one family per target and process (callable_family.cache_clear() forgets them)
 def callable_family(target: str) -> Family:
     """A :class:`Family` for the function named ``"package.module:function"``.
 
@@ -281,22 +288,20 @@ def callable_family(target: str) -> Family:
             (its exception's type and message, in one paragraph) or returns something other
             than a Stream.
     """
-    if target not in _callable_families:
-        fn = _import_target(target)
-        model = _params_model(target, fn)
+    fn = _import_target(target)
+    model = _params_model(target, fn)
 
-        def build(params: Params, seed: int) -> Stream:
-            try:
-                stream = fn(**params.model_dump(), seed=seed)
-            except Exception as err:  # the user's code fails: report its error, not a traceback
-                raise ScenarioError(f"scenario {target} failed with seed {seed}: {type(err).__name__}: "
-                                    f"{_one_paragraph(str(err))}") from None
-            if not isinstance(stream, Stream):
-                raise ScenarioError(
-                    f"scenario {target} returned a {type(stream).__module__}.{type(stream).__qualname__}; it must "
-                    f"return a scenarios.Stream (build one with scenarios.Stream.from_tensors or from_datasets)")
-            return stream
+    def build(params: Params, seed: int) -> Stream:
+        try:
+            stream = fn(**params.model_dump(), seed=seed)
+        except Exception as err:  # the user's code fails: report its error, not a traceback
+            raise ScenarioError(f"scenario {target} failed with seed {seed}: {type(err).__name__}: "
+                                f"{_one_paragraph(str(err))}") from None
+        if not isinstance(stream, Stream):
+            raise ScenarioError(
+                f"scenario {target} returned a {type(stream).__module__}.{type(stream).__qualname__}; it must "
+                f"return a scenarios.Stream (build one with scenarios.from_tensors or scenarios.from_datasets)")
+        return stream
 
-        doc = (inspect.getdoc(fn) or f"user stream {target}").splitlines()[0]
-        _callable_families[target] = Family(target, model, build, doc)
-    return _callable_families[target]
+    doc = (inspect.getdoc(fn) or f"user stream {target}").splitlines()[0]
+    return Family(target, model, build, doc)

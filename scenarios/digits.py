@@ -24,9 +24,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from scenarios.base import Family, LabelledPool, Params, Stream, StreamSpec, Task, generator
+from scenarios.base import Family, LabelledPool, Stream, StreamSpec, Task, class_split
+from scenarios.params import Params
+from scenarios.rng import generator
 
 NUM_CLASSES = 10
+_SPLIT_SALT, _PERMUTATION_SALT = 0, 2  # the seeded draws of this family (see scenarios/rng.py)
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,7 +85,7 @@ class RotatedDigitsParams(_DigitsParams):
 
 def _split_pools(params: _DigitsParams, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, y = load_digits()
-    train, test = stratified_split(y, params.test_fraction, generator(seed, 0))
+    train, test = stratified_split(y, params.test_fraction, generator(seed, _SPLIT_SALT))
     return x[train], y[train], x[test], y[test]
 
 
@@ -94,11 +97,9 @@ def _spec(name: str, params: _DigitsParams, protocol: str) -> StreamSpec:
 
 def build_split(params: SplitDigitsParams, seed: int) -> Stream:
     xtr, ytr, xte, yte = _split_pools(params, seed)
-    order = (torch.randperm(NUM_CLASSES, generator=generator(seed, 1)) if params.shuffle_classes
-             else torch.arange(NUM_CLASSES))
     tasks = []
-    for t in range(params.num_tasks):
-        classes = order[t * params.classes_per_task:(t + 1) * params.classes_per_task]
+    for t, classes in enumerate(class_split(NUM_CLASSES, params.num_tasks, params.classes_per_task,
+                                            params.shuffle_classes, seed)):
         in_train, in_test = torch.isin(ytr, classes), torch.isin(yte, classes)
         labels = tuple(sorted(int(c) for c in classes))
         tasks.append(Task(id=t, name="digits " + "-".join(map(str, labels)), classes=labels,
@@ -120,7 +121,7 @@ def _domain_stream(name: str, params: _DigitsParams, seed: int, transforms: list
 
 
 def build_permuted(params: PermutedDigitsParams, seed: int) -> Stream:
-    perms = [torch.randperm(64, generator=generator(seed, 2, t)) for t in range(params.num_tasks)]
+    perms = [torch.randperm(64, generator=generator(seed, _PERMUTATION_SALT, t)) for t in range(params.num_tasks)]
     transforms = [lambda x, p=p: x.reshape(len(x), -1)[:, p].reshape(x.shape) for p in perms]
     return _domain_stream("permuted-digits", params, seed, transforms,
                           [f"permutation {t}" for t in range(params.num_tasks)])

@@ -32,11 +32,15 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from scenarios.base import Family, ImagePool, Params, Stream, StreamSpec, Task, generator
+from scenarios.base import Family, ImagePool, Stream, StreamSpec, Task, class_split
 from scenarios.data import load_mnist_like
 from scenarios.digits import rotate
+from scenarios.params import Params
+from scenarios.rng import generator
 
 NUM_CLASSES = 10
+# the seeded draws of this family (see scenarios/rng.py)
+_TRAIN_SUBSET_SALT, _TEST_SUBSET_SALT, _PERMUTATION_SALT, _ANGLE_SALT = 2, 3, 4, 5
 INPUT_SHAPE = (1, 28, 28)
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
@@ -123,16 +127,14 @@ def _split_builder(dataset: str, family_name: str):
     def build(params: SplitParams, seed: int) -> Stream:
         xtr, ytr = load(dataset, True, params.data_root)
         xte, yte = load(dataset, False, params.data_root)
-        order = (torch.randperm(NUM_CLASSES, generator=generator(seed, 1)) if params.shuffle_classes
-                 else torch.arange(NUM_CLASSES))
         few_shot = params.protocol == "few-shot"
         ways = (params.ways or params.classes_per_task) if few_shot else None
         output_size = ways if few_shot else NUM_CLASSES
         tasks = []
-        for t in range(params.num_tasks):
-            classes = order[t * params.classes_per_task:(t + 1) * params.classes_per_task].sort().values
-            tr = select(ytr, classes, params.train_per_class, generator(seed, 2, t))
-            te = select(yte, classes, params.test_per_class, generator(seed, 3, t))
+        for t, classes in enumerate(class_split(NUM_CLASSES, params.num_tasks, params.classes_per_task,
+                                                params.shuffle_classes, seed)):
+            tr = select(ytr, classes, params.train_per_class, generator(seed, _TRAIN_SUBSET_SALT, t))
+            te = select(yte, classes, params.test_per_class, generator(seed, _TEST_SUBSET_SALT, t))
             labels = classes.tolist()
             tasks.append(Task(id=t, name=_class_names(dataset, labels), classes=tuple(labels),
                               train=ImagePool(xtr[tr], ytr[tr]), test=ImagePool(xte[te], yte[te]),
@@ -156,13 +158,13 @@ def _subset(n: int, size: int | None, gen: torch.Generator) -> Tensor | None:
 def _domain_stream(name: str, params: _DomainParams, seed: int, transforms: list, names: list[str]) -> Stream:
     xtr, ytr = load("mnist", True, params.data_root)
     xte, yte = load("mnist", False, params.data_root)
-    te = _subset(len(yte), params.test_per_task, generator(seed, 3))
+    te = _subset(len(yte), params.test_per_task, generator(seed, _TEST_SUBSET_SALT))
     # One test subset for every task: the tasks differ only by their transform.
     xte, yte = (xte, yte) if te is None else (xte[te], yte[te])
     every = tuple(range(NUM_CLASSES))
     tasks = []
     for t, f in enumerate(transforms):
-        tr = _subset(len(ytr), params.train_per_task, generator(seed, 2, t))
+        tr = _subset(len(ytr), params.train_per_task, generator(seed, _TRAIN_SUBSET_SALT, t))
         x, y = (xtr, ytr) if tr is None else (xtr[tr], ytr[tr])
         tasks.append(Task(id=t, name=names[t], classes=every, train=ImagePool(x, y, f),
                           test=ImagePool(xte, yte, f), protocol="domain-incremental", output_size=NUM_CLASSES))
@@ -177,7 +179,7 @@ def permute(perm: Tensor):
 
 
 def build_permuted(params: PermutedParams, seed: int) -> Stream:
-    perms = [torch.randperm(math.prod(INPUT_SHAPE), generator=generator(seed, 4, t)) for t in range(params.num_tasks)]
+    perms = [torch.randperm(math.prod(INPUT_SHAPE), generator=generator(seed, _PERMUTATION_SALT, t)) for t in range(params.num_tasks)]
     return _domain_stream("permuted-mnist", params, seed, [permute(p) for p in perms],
                           [f"permutation {t}" for t in range(params.num_tasks)])
 
@@ -185,7 +187,7 @@ def build_permuted(params: PermutedParams, seed: int) -> Stream:
 def build_rotated(params: RotatedParams, seed: int) -> Stream:
     lo, hi, T = params.min_angle, params.max_angle, params.num_tasks
     if params.random_angles:
-        angles = (lo + (hi - lo) * torch.rand(T, generator=generator(seed, 5), dtype=torch.float64)).tolist()
+        angles = (lo + (hi - lo) * torch.rand(T, generator=generator(seed, _ANGLE_SALT), dtype=torch.float64)).tolist()
     else:
         angles = [lo + t * (hi - lo) / max(T - 1, 1) for t in range(T)]
     return _domain_stream("rotated-mnist", params, seed, [rotation(a) for a in angles],

@@ -33,10 +33,14 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from scenarios.base import Family, ImagePool, Params, ScenarioError, Stream, StreamSpec, Task, generator
+from scenarios.base import Family, ImagePool, ScenarioError, Stream, StreamSpec, Task
 from scenarios.data import OMNIGLOT_SIZE, DataError, Omniglot, load_omniglot, read_vinyals_split
+from scenarios.params import Params
+from scenarios.rng import generator
 
 DRAWERS = 20
+# the seeded draws of this family (see scenarios/rng.py)
+_ALPHABET_ORDER_SALT, _CHARACTER_ORDER_SALT, _DRAWER_ORDER_SALT = 1, 2, 3
 INPUT_SHAPE = (1, OMNIGLOT_SIZE, OMNIGLOT_SIZE)
 DATA_ROOT_HELP = "folder holding omniglot/ (default: $LIFELONG_DATA, else ./data)"
 NUM_ALPHABETS = {"background": 30, "evaluation": 20, "all": 50}
@@ -139,11 +143,11 @@ def build_alphabets(params: AlphabetsParams, seed: int) -> Stream:
     every = om.alphabets("all")
     names = om.alphabets(params.alphabets)
     if params.shuffle_alphabets:
-        names = [names[i] for i in torch.randperm(len(names), generator=generator(seed, 1)).tolist()]
+        names = [names[i] for i in torch.randperm(len(names), generator=generator(seed, _ALPHABET_ORDER_SALT)).tolist()]
     alphabet_of = np.array([c.split("/")[0] for c in om.characters])
     # Held-out drawers are drawn once per character, so a character's split does not depend on
     # which task it lands in.
-    drawer_order = torch.rand(len(om.characters), DRAWERS, generator=generator(seed, 3)).argsort(1).numpy()
+    drawer_order = torch.rand(len(om.characters), DRAWERS, generator=generator(seed, _DRAWER_ORDER_SALT)).argsort(1).numpy()
     n_test_drawers = math.ceil(params.test_fraction * DRAWERS)
     degrees = np.array([0, 90, 180, 270] if params.rotations else [0])
 
@@ -157,7 +161,7 @@ def build_alphabets(params: AlphabetsParams, seed: int) -> Stream:
         for a in chosen:
             chars = np.flatnonzero(alphabet_of == a)
             if params.holdout == "characters":
-                order = torch.randperm(len(chars), generator=generator(seed, 2, every.index(a))).numpy()
+                order = torch.randperm(len(chars), generator=generator(seed, _CHARACTER_ORDER_SALT, every.index(a))).numpy()
                 n_test = math.ceil(params.test_fraction * len(chars))
                 test_chars.append(np.sort(chars[order[:n_test]]))
                 train_chars.append(np.sort(chars[order[n_test:]]))

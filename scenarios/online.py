@@ -1,4 +1,5 @@
-"""Online, task-free streams (DESIGN section 12): the types and the helpers their families share.
+"""Online, task-free streams (docs/design.md, "The online loop"): the types and the helpers
+their families share.
 
 An :class:`OnlineStream` is a long sequence of small labelled :class:`Batch` objects that a
 learner must predict before it sees their labels. Unlike a :class:`~scenarios.base.Stream`
@@ -38,12 +39,12 @@ from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import Tensor
 
-from scenarios.base import Family, ImagePool, LabelledPool, Source, Stream, StreamSpec, Task, generator
+from scenarios.base import Family, ImagePool, LabelledPool, Source, Stream, StreamSpec, Task
+from scenarios.rng import ONLINE_SWITCHES, generator
 
 Boundaries = Literal["given", "hidden"]
 BOUNDARIES_HELP = "whether the learner is told each batch's task id (given) or not (hidden: task-free)"
 CHUNK = 4096  # uniforms are drawn in chunks of this size, each from its own generator (see uniforms)
-_SALT = 30    # salts of the switching metadata; other modules use other ranges
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,15 @@ def switching(length: int, switch_prob: float, pool_probs: Sequence[float], recu
         >>> m.switch.tolist()[0], len(m.task_pool) == int(m.switch.sum())
         (True, True)
     """
-    switch = uniforms(length, seed, _SALT, 0) < switch_prob
+    switch = uniforms(length, seed, ONLINE_SWITCHES, 0) < switch_prob
     switch[0] = True
     segment = torch.cumsum(switch, 0) - 1
     n = int(segment[-1]) + 1
     cumulative = torch.tensor(np.cumsum(pool_probs), dtype=torch.float64)
     # Clamped: rounding may leave the last cumulative probability a hair below 1.
-    seg_pool = torch.searchsorted(cumulative, uniforms(n, seed, _SALT, 1), right=True).clamp_(max=len(pool_probs) - 1)
-    recur = (uniforms(n, seed, _SALT, 2) < recur_prob).tolist()
-    pick = uniforms(n, seed, _SALT, 3).tolist()
+    seg_pool = torch.searchsorted(cumulative, uniforms(n, seed, ONLINE_SWITCHES, 1), right=True).clamp_(max=len(pool_probs) - 1)
+    recur = (uniforms(n, seed, ONLINE_SWITCHES, 2) < recur_prob).tolist()
+    pick = uniforms(n, seed, ONLINE_SWITCHES, 3).tolist()
     seg_task = _assign_ids(seg_pool.tolist(), recur, pick, len(pool_probs))
     task_pool = np.zeros(max(seg_task) + 1, dtype=np.int64)
     task_pool[seg_task] = seg_pool.numpy()

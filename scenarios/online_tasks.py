@@ -49,11 +49,11 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
-from scenarios.base import Family, Params, ScenarioError, Stream, generator
+from scenarios.base import Family, ScenarioError, Stream
+from scenarios.params import Params
+from scenarios.rng import ONLINE_ORDER, generator
 from scenarios.online import (BOUNDARIES_HELP, Boundaries, OnlineFamily, OnlineStream, Switching, nested_params,
                               take)
-
-_SALT_ORDER = 60
 
 
 def _task_family(name: str) -> Family:
@@ -137,7 +137,7 @@ def _order(task, position: int, examples: int | None, seed: int) -> Tensor:
     if examples is not None and examples > n:
         raise ScenarioError(f"examples_per_task = {examples} exceeds the {n} training examples of task "
                             f"{position} ({task.name})")
-    return torch.randperm(n, generator=generator(seed, _SALT_ORDER, position))[:examples]
+    return torch.randperm(n, generator=generator(seed, ONLINE_ORDER, position))[:examples]
 
 
 def _drawer(stream: Stream, orders: list[Tensor], position: np.ndarray, first: np.ndarray,

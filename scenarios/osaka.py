@@ -70,7 +70,9 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor
 
-from scenarios.base import ImagePool, Params, ScenarioError, Stream, StreamSpec, Task, generator
+from scenarios.base import ImagePool, ScenarioError, Stream, StreamSpec, Task
+from scenarios.params import Params
+from scenarios.rng import OSAKA_BATCHES, OSAKA_CLASSES, OSAKA_SPLIT, generator
 from scenarios.data import Omniglot, load_omniglot
 from scenarios.mnist import load
 from scenarios.omniglot import DRAWERS, labelled_pool
@@ -80,7 +82,6 @@ POOLS = ("omniglot", "mnist", "fashion-mnist")
 INPUT_SHAPE = (1, 28, 28)
 MNIST_CLASSES = 10
 PRETRAIN_HELD_OUT = 100  # background characters kept out of meta-training, as OSAKA's 100 validation classes
-_SALT_SPLIT, _SALT_CLASSES, _SALT_BATCH = 40, 41, 42
 
 
 class OsakaParams(Params):
@@ -143,7 +144,7 @@ def task_classes(task: int, num_classes: int, ways: int, seed: int) -> Tensor:
         >>> task_classes(3, 10, 4, seed=0).tolist() == task_classes(3, 10, 4, seed=0).tolist()
         True
     """
-    return torch.randperm(num_classes, generator=generator(seed, _SALT_CLASSES, task))[:ways]
+    return torch.randperm(num_classes, generator=generator(seed, OSAKA_CLASSES, task))[:ways]
 
 
 def _split(chars: np.ndarray, n_first: int, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +161,7 @@ def _upright(chars: np.ndarray) -> np.ndarray:
 def _omniglot_pools(om: Omniglot, fraction: float, seed: int) -> tuple[ImagePool, ImagePool]:
     """(stream pool, held-out pool) of the evaluation alphabets' characters, labelled apart."""
     chars = np.flatnonzero(~om.background)
-    held, shown = _split(chars, math.ceil(fraction * len(chars)), generator(seed, _SALT_SPLIT, 0))
+    held, shown = _split(chars, math.ceil(fraction * len(chars)), generator(seed, OSAKA_SPLIT, 0))
     table = om.image_table()
     return (labelled_pool(om, table[shown], _upright(shown), 0),
             labelled_pool(om, table[held], _upright(held), len(shown)))
@@ -184,7 +185,7 @@ def _pools(params: OsakaParams, seed: int) -> list[tuple[ImagePool, ImagePool]]:
 def _pretrain(params: OsakaParams, seed: int, spec: StreamSpec) -> Stream:
     """One few-shot task over the background characters (a seeded 100 held out as its test pool)."""
     om = load_omniglot(params.data_root)
-    held, train = _split(np.flatnonzero(om.background), PRETRAIN_HELD_OUT, generator(seed, _SALT_SPLIT, 1))
+    held, train = _split(np.flatnonzero(om.background), PRETRAIN_HELD_OUT, generator(seed, OSAKA_SPLIT, 1))
     table = om.image_table()
     task = Task(id=0, name="omniglot background", classes=tuple(range(len(train) + len(held))),
                 train=labelled_pool(om, table[train], _upright(train), 0),
@@ -201,7 +202,7 @@ def _drawer(params: OsakaParams, seed: int, meta: Switching,
     def draw(t: int) -> tuple[Tensor, Tensor]:
         task, pool = int(meta.task[t]), int(meta.pool[t])
         classes = task_classes(task, samplers[pool].num_classes, params.ways, seed)
-        gen = generator(seed, _SALT_BATCH, t)
+        gen = generator(seed, OSAKA_BATCHES, t)
         index = samplers[pool].draw(classes, params.shots, gen).flatten()  # class-major: label i's K images
         order = torch.randperm(len(index), generator=gen)
         source = columns[pool].train

@@ -42,7 +42,9 @@ from typing import Any, Literal, Sequence
 import torch
 from pydantic import Field, ValidationError, field_validator
 
-from scenarios.base import Family, LabelledPool, Params, ScenarioError, Stream, generator
+from scenarios.base import Family, LabelledPool, ScenarioError, Stream
+from scenarios.params import Params
+from scenarios.rng import SCHEDULE_ORDER, SCHEDULE_PARTS, generator
 
 
 def recurring(stream: Stream, sequence: Sequence[int]) -> Stream:
@@ -77,7 +79,7 @@ def recurring(stream: Stream, sequence: Sequence[int]) -> Stream:
 
 def shuffled(stream: Stream, seed: int) -> Stream:
     """The stream's positions in an order drawn from ``seed`` (ids renumbered by first appearance)."""
-    order = torch.randperm(len(stream), generator=generator(seed, 12)).tolist()
+    order = torch.randperm(len(stream), generator=generator(seed, SCHEDULE_ORDER)).tolist()
     return recurring(stream, order)
 
 
@@ -170,7 +172,7 @@ class ScheduleParams(Params):
 
 
 def _part_seed(seed: int, part: int) -> int:
-    return seed if part == 0 else generator(seed, 11, part).initial_seed()
+    return seed if part == 0 else generator(seed, SCHEDULE_PARTS, part).initial_seed()
 
 
 def build(params: ScheduleParams, seed: int) -> Stream:

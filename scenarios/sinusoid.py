@@ -17,7 +17,11 @@ import math
 import torch
 from pydantic import Field, model_validator
 
-from scenarios.base import Family, GroupedPool, Params, Stream, StreamSpec, Task, generator
+from scenarios.base import Family, GroupedPool, Stream, StreamSpec, Task
+from scenarios.params import Params
+from scenarios.rng import generator
+
+_TRAIN_FUNCTIONS_SALT, _TEST_FUNCTIONS_SALT = 10, 11  # the seeded draws of this family (see scenarios/rng.py)
 
 
 class SinusoidParams(Params):
@@ -64,8 +68,8 @@ def sample_functions(params: SinusoidParams, task: int, n: int, gen: torch.Gener
 def build(params: SinusoidParams, seed: int) -> Stream:
     tasks = tuple(
         Task(id=t, name=f"regime {t}", classes=(),
-             train=sample_functions(params, t, params.train_functions, generator(seed, 10, t)),
-             test=sample_functions(params, t, params.test_functions, generator(seed, 11, t)),
+             train=sample_functions(params, t, params.train_functions, generator(seed, _TRAIN_FUNCTIONS_SALT, t)),
+             test=sample_functions(params, t, params.test_functions, generator(seed, _TEST_FUNCTIONS_SALT, t)),
              protocol="few-shot", output_size=1)
         for t in range(params.num_tasks))
     spec = StreamSpec(name="sinusoid", kind="regression", protocol="few-shot", input_shape=(1,),

@@ -41,10 +41,9 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from scenarios import sinusoid
-from scenarios.base import Params, generator
+from scenarios.params import Params
+from scenarios.rng import SWITCHING_BATCHES, SWITCHING_TASKS, generator
 from scenarios.online import BOUNDARIES_HELP, Boundaries, OnlineFamily, OnlineStream, Switching, switching
-
-_SALT_TASK, _SALT_BATCH = 50, 51
 
 
 class SwitchingSinusoidParams(Params):
@@ -83,14 +82,14 @@ def _uniform(lo: float, hi: float, shape: tuple[int, ...], gen: torch.Generator)
 def sine(task: int, params: SwitchingSinusoidParams, seed: int) -> tuple[float, float]:
     """Amplitude and phase of sine ``task``: a pure function of its id, so a recurring sine is
     the same sine."""
-    gen = generator(seed, _SALT_TASK, task)
+    gen = generator(seed, SWITCHING_TASKS, task)
     return float(_uniform(*params.amplitude, (), gen)), float(_uniform(*params.phase, (), gen))
 
 
 def _drawer(params: SwitchingSinusoidParams, seed: int, meta: Switching) -> Callable[[int], tuple[Tensor, Tensor]]:
     def draw(t: int) -> tuple[Tensor, Tensor]:
         amplitude, phase = sine(int(meta.task[t]), params, seed)
-        gen = generator(seed, _SALT_BATCH, t)
+        gen = generator(seed, SWITCHING_BATCHES, t)
         x = _uniform(*params.x_range, (params.batch_size, 1), gen)
         noise = params.noise_std * torch.randn(params.batch_size, 1, generator=gen)
         return x, amplitude * torch.sin(x + phase) + noise

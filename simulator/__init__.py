@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "run": "simulator.runner", "run_experiment": "simulator.runner", "RunResult": "simulator.runner",
+    "run": "simulator.runner", "run_experiment": "simulator.experiment", "RunResult": "simulator.results",
     "run_online": "simulator.online", "OnlineSettings": "simulator.online",
     "Evaluator": "simulator.evaluator", "EvalSettings": "simulator.evaluator",
     "load_experiment": "simulator.config", "ConfigError": "simulator.config",

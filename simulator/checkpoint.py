@@ -21,14 +21,12 @@ so a kill leaves either the previous checkpoint or the new one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import pickle
-import random
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,36 +40,6 @@ _ARRAY = "__ndarray__"
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (damaged, foreign, of an old format): ``str(err)``
     names the file, says what is wrong and what to do."""
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """The global RNG states of Python, numpy, torch and (on a CUDA run) CUDA."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed Python's, numpy's and torch's global RNGs from ``seed`` inside the block and put
-    the caller's states back afterwards, so a run neither depends on nor changes them."""
-    saved = rng_state(device)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        set_rng_state(saved)
 
 
 def _encode(value: Any) -> Any:

@@ -204,11 +204,13 @@ def list_command() -> str:
     """
     import scenarios
     import strategies
-    from simulator.config import EvaluationParams, LoggingParams, OnlineParams, TopLevel
+    from simulator.config import LoggingParams, TopLevel
+    from simulator.evaluator import EvalSettings
+    from simulator.online import OnlineSettings
 
     out = ["Experiment file, top level (keys outside any table)"] + _describe_params(TopLevel, "  ")
-    out += ["", "[evaluation] (how every task is scored)"] + _describe_params(EvaluationParams, "  ")
-    out += ["", "[online] (online streams only)"] + _describe_params(OnlineParams, "  ")
+    out += ["", "[evaluation] (how every task is scored)"] + _describe_params(EvalSettings, "  ")
+    out += ["", "[online] (online streams only)"] + _describe_params(OnlineSettings, "  ")
     out += ["", "[logging] (what a run logs)"] + _describe_params(LoggingParams, "  ")
     out += ["", "Scenarios (experiment file: [scenario] name = ..., or 'package.module:function' of your own)"]
     for name in scenarios.available():
@@ -339,7 +341,8 @@ def run_command(args) -> int:
     from scenarios.base import ScenarioError
     from simulator.lock import LockedError
     from simulator.rundir import RunDirError
-    from simulator.runner import CheckpointPolicy, resolve_device, run_experiment
+    from simulator.experiment import run_experiment
+    from simulator.runner import CheckpointPolicy, resolve_device
 
     try:
         experiment = load_experiment(args.experiment, args.overrides, args.seeds, args.device, args.data_root)

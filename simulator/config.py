@@ -35,7 +35,6 @@ Every problem raises :class:`ConfigError` naming the file and the field path, e.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import re
 import tomllib
@@ -49,7 +48,8 @@ from pydantic import Field, ValidationError, field_validator
 
 import scenarios
 import strategies
-from scenarios.base import Params, ScenarioError
+from scenarios.base import ScenarioError
+from scenarios.params import Params
 from scenarios.data import resolve_data_root
 from simulator.evaluator import EvalSettings
 from simulator.loggers import LOGGERS, LoggingSettings, tensorboard_problem
@@ -63,35 +63,6 @@ class ConfigError(ValueError):
         self.source, self.problems = source, problems
         details = "; ".join(f"{path}: {msg}" if path else msg for path, msg in problems)
         super().__init__(f"invalid experiment file {source}: {details}")
-
-
-class EvaluationParams(Params):
-    episodes: int = Field(20, gt=0, description="held-out episodes per task")
-    adapt_steps: int = Field(5, ge=0, description="K: adaptation steps scored (0..K)")
-    shots: int | None = Field(None, gt=0, description="support items per class (default: the scenario's)")
-    query: int | None = Field(None, gt=0, description="query items per class (default: the scenario's)")
-    chunk: int | None = Field(None, gt=0, description="episodes adapted at once (default: all)")
-    full_test: bool = Field(False, description="score k = 0 on each task's whole test pool (as Avalanche does); "
-                                               "k > 0 adapts on `episodes` support sets from the training pool")
-    eval_every: int = Field(1, gt=0, description="task streams: rows 0, every eval_every-th and the last are scored "
-                                                 "as `columns` says; the others score only the task just learned "
-                                                 "and the next (forgetting and average incremental accuracy then "
-                                                 "need eval_every = 1)")
-    columns: Literal["all", "seen+next"] = Field("seen+next", description="tasks a scheduled row scores: all, or the "
-                                                                   "tasks learned so far and the next (row 0: "
-                                                                   "all); every metric stays exact")
-    adapt_cells: Literal["all", "metrics"] = Field("all", description="cells scored after k > 0 steps: all, or "
-                                                                      "only the task just learned, the next task "
-                                                                      "and the first and last rows (metrics at "
-                                                                      "k = K that read other cells are then NaN)")
-
-
-class OnlineParams(Params):
-    eval_every: int = Field(1000, gt=0, description="online streams: batches between two rows of the anytime "
-                                                    "tensor (also one before the first batch and after the last)")
-    pretrain: bool = Field(True, description="online streams: learn the stream's pre-training tasks first")
-    recovery_window: int = Field(20, gt=0, description="online streams: batches after a switch that the recovery "
-                                                       "curve covers")
 
 
 class LoggingParams(Params):
@@ -214,8 +185,8 @@ class Experiment:
         return {
             "name": self.name, "seeds": list(self.seeds), "device": self.device, "threads": self.threads,
             "scenario": {"name": self.scenario_name, **self.scenario_params.model_dump()},
-            "evaluation": dataclasses.asdict(self.evaluation),
-            "online": dataclasses.asdict(self.online),
+            "evaluation": self.evaluation.model_dump(),
+            "online": self.online.model_dump(),
             "logging": {"loggers": list(self.logging.loggers), "every": self.logging.every},
             "strategies": {s.label: {"strategy": s.name, **s.config.model_dump(),
                                      "model": {"name": s.model_name, **s.model_params.model_dump()}}
@@ -387,6 +358,19 @@ def _read_bytes(path: Path) -> bytes:
         raise refuse(f"cannot be read: {err.strerror or err}") from None
 
 
+def read_overridden(path: Path, overrides: list[str] = (), seeds: list[int] | None = None,
+                    device: str | None = None, data_root: str | None = None) -> dict[str, Any]:
+    """The raw data of an experiment file (not yet validated) with the ``--set`` ``overrides``
+    applied, and ``seeds``, ``device`` and ``data_root`` (from the command line) replacing the
+    file's values; what ``lifelong run`` and ``lifelong sweep`` both start from."""
+    raw = apply_overrides(read_raw(path), list(overrides), str(path))
+    for key, value in (("seeds", None if seeds is None else list(seeds)), ("device", device),
+                       ("data_root", data_root)):
+        if value is not None:
+            raw[key] = value
+    return raw
+
+
 def load_experiment(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = None,
                     device: str | None = None, data_root: str | None = None) -> Experiment:
     """Read, override and validate an experiment file; raise :class:`ConfigError` on any problem.
@@ -394,17 +378,10 @@ def load_experiment(path: str | Path, overrides: list[str] = (), seeds: list[int
     ``seeds``, ``device`` and ``data_root`` (from the command line) replace the file's values.
     """
     path = Path(path)
-    source = str(path)
-    raw = apply_overrides(read_raw(path), list(overrides), source)
+    raw = read_overridden(path, overrides, seeds, device, data_root)
     if "sweep" in raw:
-        raise ConfigError(source, [("sweep", "this file declares a sweep: run it with `lifelong sweep`")])
-    if seeds is not None:
-        raw["seeds"] = list(seeds)
-    if device is not None:
-        raw["device"] = device
-    if data_root is not None:
-        raw["data_root"] = data_root
-    return validate_experiment(raw, source, default_name=path.stem)
+        raise ConfigError(str(path), [("sweep", "this file declares a sweep: run it with `lifelong sweep`")])
+    return validate_experiment(raw, str(path), default_name=path.stem)
 
 
 def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "experiment") -> Experiment:
@@ -426,8 +403,8 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
         # read $LIFELONG_DATA, so a machine's own data location never enters the config.
         scenario_params = scenario_params.model_copy(update={"data_root": str(resolve_data_root(top.data_root))})
 
-    evaluation = _validate(EvaluationParams, top.evaluation, "evaluation", problems)
-    online = _validate(OnlineParams, top.online, "online", problems)
+    evaluation = _validate(EvalSettings, top.evaluation, "evaluation", problems)
+    online = _validate(OnlineSettings, top.online, "online", problems)
     logging = _validate(LoggingParams, top.logging, "logging", problems)
     if logging is not None and "tensorboard" in logging.loggers and (problem := tensorboard_problem()):
         problems.append(("logging.loggers", problem))
@@ -466,6 +443,6 @@ def validate_experiment(raw: dict[str, Any], source: str, default_name: str = "e
         raise ConfigError(source, list(dict.fromkeys(problems)))
     return Experiment(name=top.name or default_name, source=source, seeds=tuple(top.seeds),
                       device=top.device, threads=top.threads, scenario_name=family.name,
-                      scenario_params=scenario_params, evaluation=EvalSettings(**evaluation.model_dump()),
-                      strategies=tuple(specs), online=OnlineSettings(**online.model_dump()),
+                      scenario_params=scenario_params, evaluation=evaluation,
+                      strategies=tuple(specs), online=online,
                       logging=LoggingSettings(tuple(logging.loggers), logging.every))

@@ -34,21 +34,21 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from scenarios.base import Episodes, Stream, Support, generator
+from scenarios.base import Episodes, Stream, Support
+from scenarios.params import Params
+from scenarios.rng import EVAL_EPISODES, generator
 from strategies.base import DivergenceError, Strategy
 
-EVAL_SALT = 7919  # keeps evaluation episodes independent of every other seeded stream
 
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How each task is evaluated.
+class EvalSettings(Params):
+    """How each task is evaluated: the ``[evaluation]`` table of an experiment file.
 
     Attributes:
         episodes: held-out episodes per task.
@@ -74,15 +74,24 @@ class EvalSettings:
             and every cell of the first and last rows; the other cells k = 0 only).
     """
 
-    episodes: int = 20
-    adapt_steps: int = 5
-    shots: int | None = None
-    query: int | None = None
-    chunk: int | None = None
-    full_test: bool = False
-    eval_every: int = 1
-    columns: str = "seen+next"
-    adapt_cells: str = "all"
+    episodes: int = Field(20, gt=0, description="held-out episodes per task")
+    adapt_steps: int = Field(5, ge=0, description="K: adaptation steps scored (0..K)")
+    shots: int | None = Field(None, gt=0, description="support items per class (default: the scenario's)")
+    query: int | None = Field(None, gt=0, description="query items per class (default: the scenario's)")
+    chunk: int | None = Field(None, gt=0, description="episodes adapted at once (default: all)")
+    full_test: bool = Field(False, description="score k = 0 on each task's whole test pool (as Avalanche does); "
+                                               "k > 0 adapts on `episodes` support sets from the training pool")
+    eval_every: int = Field(1, gt=0, description="task streams: rows 0, every eval_every-th and the last are scored "
+                                                 "as `columns` says; the others score only the task just learned "
+                                                 "and the next (forgetting and average incremental accuracy then "
+                                                 "need eval_every = 1)")
+    columns: Literal["all", "seen+next"] = Field("seen+next", description="tasks a scheduled row scores: all, or the "
+                                                                   "tasks learned so far and the next (row 0: "
+                                                                   "all); every metric stays exact")
+    adapt_cells: Literal["all", "metrics"] = Field("all", description="cells scored after k > 0 steps: all, or "
+                                                                      "only the task just learned, the next task "
+                                                                      "and the first and last rows (metrics at "
+                                                                      "k = K that read other cells are then NaN)")
 
     @property
     def is_full(self) -> bool:
@@ -161,7 +170,7 @@ class Evaluator:
         columns: dict[int, Episodes | PoolColumn] = {}
         for task in stream:  # a recurring task keeps its column and its episodes
             if task.id not in columns:
-                gen = generator(seed, EVAL_SALT, task.id)
+                gen = generator(seed, EVAL_EPISODES, task.id)
                 if settings.full_test:
                     support = task.episodes("train", settings.episodes, shots, 0, gen).to(device).support
                     x, y = task.test.examples()

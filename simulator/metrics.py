@@ -1,4 +1,4 @@
-"""Lifelong-learning metrics as pure numpy functions of the evaluation tensor (DESIGN section 7).
+"""Lifelong-learning metrics as pure numpy functions of the evaluation tensor (docs/design.md, "Metrics").
 
 Notation: ``R`` has shape (T+1, T); ``R[i, j]`` is the score on task j after learning tasks
 0..i-1 (row 0: before any training). ``score`` has shape (T+1, T, K+1), the last axis being
@@ -18,14 +18,50 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
-SCALAR_METRICS = ("final_accuracy", "average_incremental_accuracy", "learning_accuracy",
-                  "backward_transfer", "forgetting", "forward_transfer",
-                  "new_task_adaptation", "recovery_adaptation",
-                  "avalanche_forgetting", "avalanche_forward_transfer")
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How a scalar metric of :func:`summarize` is shown and read.
+
+    Attributes:
+        header, header_regression: its short name in tables, for classification and for
+            regression streams (where scores are minus the MSE).
+        better: ``"higher"``, ``"lower"``, or ``"level"`` (a score: higher accuracy, lower MSE).
+        per_k: whether it is a metric of ``R = score[:, :, k]`` (so it depends on k) or a
+            summary over every k.
+        needs_two_tasks: whether it is NaN by definition on a stream of one task.
+    """
+
+    header: str
+    header_regression: str
+    better: str
+    per_k: bool
+    needs_two_tasks: bool
+
+
+METRICS: dict[str, MetricInfo] = {
+    "final_accuracy": MetricInfo("Final acc.", "Final MSE", "level", True, False),
+    "average_incremental_accuracy": MetricInfo("Avg. incremental acc.", "Avg. incremental MSE", "level", True, False),
+    "learning_accuracy": MetricInfo("Learning acc.", "Learning MSE", "level", True, False),
+    "backward_transfer": MetricInfo("BWT", "BWT", "higher", True, True),
+    "forgetting": MetricInfo("Forgetting", "Forgetting", "lower", True, True),
+    "forward_transfer": MetricInfo("FWT", "FWT", "higher", True, True),
+    "new_task_adaptation": MetricInfo("New-task adapt.", "New-task adapt. MSE", "level", False, False),
+    "recovery_adaptation": MetricInfo("Recovery adapt.", "Recovery adapt. MSE", "level", False, True),
+    "avalanche_forgetting": MetricInfo("Avalanche forgetting", "Avalanche forgetting", "lower", True, True),
+    "avalanche_forward_transfer": MetricInfo("Avalanche FWT", "Avalanche FWT", "higher", True, True),
+}
+"""Every scalar metric of :func:`summarize`: the one list of their names, headers and directions."""
+
+SCALAR_METRICS = tuple(METRICS)
+MATRIX_METRICS = ("final_accuracy", "average_incremental_accuracy", "learning_accuracy", "backward_transfer",
+                  "forward_transfer", "forgetting")
+"""The metrics of ``R`` that reports show (Avalanche's variants are in the data only), in report order."""
 
 
 def _matrix(R) -> tuple[np.ndarray, int]:

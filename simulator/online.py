@@ -1,5 +1,5 @@
-"""The online, task-free loop (DESIGN section 12): predict each batch, score it, then let the
-strategy observe it.
+"""The online, task-free loop (docs/design.md, "The online loop"): predict each batch, score
+it, then let the strategy observe it.
 
 :func:`run_online` is :func:`simulator.runner.run`'s sibling for an
 :class:`~scenarios.online.OnlineStream`. First, when the stream has a pre-training stream
@@ -30,24 +30,26 @@ anytime tensors (H, J, K+1) and whose ``online`` holds the per-batch record.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from scenarios.base import Stream
-from simulator.checkpoint import seeded
+from scenarios.params import Params
+from scenarios.rng import isolated_rng
 from simulator.evaluator import EvalSettings, Evaluator
+from simulator.results import RunResult
+from simulator.runner import CheckpointPolicy, Interrupted, RunCheckpoints, peak_memory_mb, synchronize
 from strategies.base import Strategy
 
 
-@dataclass(frozen=True)
-class OnlineSettings:
-    """How the online loop runs and what it measures.
+class OnlineSettings(Params):
+    """How the online loop runs and what it measures: the ``[online]`` table of an experiment file.
 
     Attributes:
         eval_every: batches between two rows of the anytime tensor (rows are also taken
@@ -56,9 +58,11 @@ class OnlineSettings:
         recovery_window: n, the length of the recovery curve (batches since a switch).
     """
 
-    eval_every: int = 1000
-    pretrain: bool = True
-    recovery_window: int = 20
+    eval_every: int = Field(1000, gt=0, description="online streams: batches between two rows of the anytime "
+                                                    "tensor (also one before the first batch and after the last)")
+    pretrain: bool = Field(True, description="online streams: learn the stream's pre-training tasks first")
+    recovery_window: int = Field(20, gt=0, description="online streams: batches after a switch that the recovery "
+                                                       "curve covers")
 
 
 def evaluation_points(length: int, eval_every: int) -> list[int]:
@@ -91,10 +95,8 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
     :meth:`~strategies.base.Strategy.log_scalars` are logged (``online/`` tags), and each row
     of the anytime tensor (``eval/`` tags).
     """
-    from simulator.runner import CheckpointPolicy, Interrupted, RunResult, _peak_memory_mb, _Run, _sync
-
     device = torch.device(device)
-    with seeded(seed, device):
+    with isolated_rng(seed, device):
         strategy.setup(model, stream.spec, device, seed=seed)
         columns = Stream(stream.spec, tuple(stream.columns))
         evaluator = Evaluator(columns, settings, seed, device)
@@ -110,14 +112,14 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
             "switch": meta["switch"].astype(bool), "task": meta["task"].astype(np.int64),
             "eval_batches": points, "pools": list(stream.pools), "columns": list(stream.column_names),
             "recovery_window": online.recovery_window, "online_seconds": 0.0}
-        state = _Run(strategy, result, device, checkpoint, identity or {}, policy or CheckpointPolicy(), stop,
+        state = RunCheckpoints(strategy, result, device, checkpoint, identity or {}, policy or CheckpointPolicy(), stop,
                      progress, log)
         pretrain = list(stream.pretrain) if online.pretrain and stream.pretrain is not None else []
 
         def evaluate_row(h: int) -> None:
             start = time.perf_counter()
             result.acc[h], result.loss[h] = evaluator.evaluate(strategy, row=points[h])
-            _sync(device)
+            synchronize(device)
             result.eval_seconds.append(time.perf_counter() - start)
 
         position = state.restore() if resume and checkpoint is not None and checkpoint.exists() else 0
@@ -158,10 +160,10 @@ def run_online(stream, strategy: Strategy, model: nn.Module, seed: int, settings
                 state.save(len(pretrain) + done)
                 if stop is not None and stop.requested:
                     raise Interrupted(f"stopped after batch {done} of {length}; checkpoint saved")
-        _sync(device)
+        synchronize(device)
         _record(result, correct, length, started)
         result.learn_seconds.append(result.online["online_seconds"])
-        result.peak_memory_mb.append(_peak_memory_mb(device))
+        result.peak_memory_mb.append(peak_memory_mb(device))
     return result
 
 

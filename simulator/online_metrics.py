@@ -1,4 +1,5 @@
-"""Online (task-free) metrics as pure numpy functions of a run's per-batch records (DESIGN section 12).
+"""Online (task-free) metrics as pure numpy functions of a run's per-batch records
+(docs/design.md, "The online loop").
 
 Notation: a stream of L batches; ``scores[t]`` is the score of the prediction made for batch t
 *before* its labels reached the learner (accuracy in [0, 1], or minus the MSE for regression:
@@ -77,6 +78,17 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from simulator.metrics import MetricInfo
+
+SHOWN_METRICS: dict[str, MetricInfo] = {
+    "online_accuracy": MetricInfo("Online acc.", "Online MSE", "level", False, False),
+    "recovery_auc": MetricInfo("Recovery AUC", "Recovery AUC (MSE)", "level", False, False),
+    "forgetting": MetricInfo("Anytime forgetting", "Anytime forgetting", "lower", True, False),
+    "ood_drop": MetricInfo("Out-of-distribution drop", "Out-of-distribution drop", "lower", False, False),
+}
+"""The online metrics that reports and sweep reports show, with their headers and directions
+(``forgetting`` here is the anytime tensor's)."""
 
 RECOVERY_BATCHES = 20
 """Default length n of the recovery curve: batches since a switch. OSAKA's tasks last 10

@@ -31,6 +31,7 @@ import torch
 from simulator import metrics
 from simulator.files import atomic_write, config_hash, remove_temporaries, to_json
 from simulator.report import INPUTS_FILE, write_report
+from simulator.results import RunResult
 
 
 def _version(package: str) -> str | None:
@@ -252,7 +253,7 @@ ONLINE_ARRAYS = {"online_correct": "correct", "online_pool": "pool", "online_swi
 
 def run_arrays(r) -> dict[str, np.ndarray]:
     """The arrays ``tensors.npz`` keeps of one run: ``acc`` and ``loss``; for an online run also
-    the anytime tensors (the same arrays, under the names of DESIGN section 12) and the
+    the anytime tensors (the same arrays, under the names of docs/design.md ("The online loop")) and the
     per-batch scores, pools, switches and task ids."""
     key = f"{r.strategy}/seed{r.seed}"
     arrays = {f"{key}/acc": r.acc, f"{key}/loss": r.loss}
@@ -274,14 +275,12 @@ def _online_record(run: dict[str, Any], tensors: dict[str, np.ndarray], key: str
     return record
 
 
-def load_finished(out_dir: Path, experiment=None) -> list:
-    """The finished runs stored in a run directory, as ``RunResult`` objects.
+def load_finished(out_dir: Path, experiment=None) -> list[RunResult]:
+    """The finished runs stored in a run directory, as :class:`~simulator.results.RunResult` objects.
 
     With ``experiment``, the results must be that experiment's (their config hash) and each
     tensor of the shape it produces; :class:`RunDirError` otherwise.
     """
-    from simulator.runner import RunResult
-
     read = read_results(out_dir)
     if read is None:
         return []

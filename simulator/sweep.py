@@ -8,7 +8,7 @@ An experiment file declares a grid in a ``[sweep]`` table of field paths to list
 
 Every combination of values is one grid point; each point's strategies x seeds are the
 trials. A trial is a pure function of its resolved config (one strategy, one seed): its id is
-the hash of that config, it runs through the same :func:`simulator.runner.run_experiment` as
+the hash of that config, it runs through the same :func:`simulator.experiment.run_experiment` as
 ``lifelong run`` into ``trials/<id>/`` (checkpointing at task boundaries and inside tasks),
 and returns its metrics and tensors to the driver, the only process that writes
 ``results.db`` (:mod:`simulator.store`). One driver at a time works on an output directory
@@ -58,7 +58,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from simulator.config import ConfigError, apply_overrides, read_raw, set_path, validate_experiment
+from simulator.config import ConfigError, read_overridden, set_path, validate_experiment
 from simulator.store import ResultsDB, errors_named
 
 STOP_GRACE = 10.0      # seconds a stopped trial process has to checkpoint before SIGKILL
@@ -107,16 +107,10 @@ def load_sweep(path: str | Path, overrides: list[str] = (), seeds: list[int] | N
     """
     path = Path(path)
     source = str(path)
-    raw = apply_overrides(read_raw(path), list(overrides), source)
+    raw = read_overridden(path, overrides, seeds, device, data_root)
     grid = raw.pop("sweep", {})
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise ConfigError(source, [("sweep", "must be a table of field paths to non-empty lists of values")])
-    if seeds is not None:
-        raw["seeds"] = list(seeds)
-    if device is not None:
-        raw["device"] = device
-    if data_root is not None:
-        raw["data_root"] = data_root
     trials: dict[str, Trial] = {}
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
@@ -151,29 +145,28 @@ def run_trial(config: dict[str, Any], trial_dir: str, threads: int = 1) -> dict[
     others. A stop request (``KeyboardInterrupt``) propagates. Resumes from ``trial_dir`` if
     it holds an interrupted run of the same config.
     """
-    import torch
-
+    from simulator.experiment import run_experiment
     from simulator.rundir import environment
-    from simulator.runner import resolve_device, run_experiment
+    from simulator.runner import resolve_device, torch_threads
 
     start = time.perf_counter()
-    torch.set_num_threads(threads)
-    outcome: dict[str, Any] = {"status": "failed", "error": None, "failure": None, "metrics": {}, "tensors": None}
-    try:
-        experiment = validate_experiment(config, f"trial {Path(trial_dir).name}")
-        outcome["versions"] = environment(resolve_device(experiment.device), threads)
-        result = run_experiment(experiment, Path(trial_dir), quiet=True, resume=True, report=False)
-    except Exception as err:  # noqa: BLE001 - any error of one trial is recorded, not raised
-        outcome.update(error=f"{type(err).__name__}: {err}", failure=failure_kind(err))
-    else:
-        if result.failures:
-            outcome.update(error=result.failures[0].error, failure="trial")
+    with torch_threads(threads):  # the worker's count for this trial only (run_experiment then sets its own)
+        outcome: dict[str, Any] = {"status": "failed", "error": None, "failure": None, "metrics": {}, "tensors": None}
+        try:
+            experiment = validate_experiment(config, f"trial {Path(trial_dir).name}")
+            outcome["versions"] = environment(resolve_device(experiment.device), threads)
+            result = run_experiment(experiment, Path(trial_dir), quiet=True, resume=True, report=False)
+        except Exception as err:  # noqa: BLE001 - any error of one trial is recorded, not raised
+            outcome.update(error=f"{type(err).__name__}: {err}", failure=failure_kind(err))
         else:
-            (run,) = result.results
-            K = experiment.evaluation.adapt_steps
-            scalar = lambda d: {k: v for k, v in d.items() if isinstance(v, float)}  # noqa: E731
-            outcome.update(status="done", metrics={0: scalar(run.summary(0)), K: scalar(run.summary(K))},
-                           tensors={"acc": run.acc, "loss": run.loss})
+            if result.failures:
+                outcome.update(error=result.failures[0].error, failure="trial")
+            else:
+                (run,) = result.results
+                K = experiment.evaluation.adapt_steps
+                scalar = lambda d: {k: v for k, v in d.items() if isinstance(v, float)}  # noqa: E731
+                outcome.update(status="done", metrics={0: scalar(run.summary(0)), K: scalar(run.summary(K))},
+                               tensors={"acc": run.acc, "loss": run.loss})
     outcome["seconds"] = time.perf_counter() - start
     return outcome
 

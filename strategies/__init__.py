@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from scenarios.base import Registry, StreamSpec
+from scenarios.base import StreamSpec
+from scenarios.registry import Registry
 from strategies.base import AdaptState, DivergenceError, Strategy, StrategyConfig, task_loss
 from strategies.user import UserCodeError, is_target, user_model, user_strategy
 

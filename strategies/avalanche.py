@@ -63,9 +63,10 @@ Faithfulness and determinism:
   (without masks outside task-incremental). ``predict`` and ``adapt`` use the bare model; the
   evaluator applies the protocol's mask itself.
 - Avalanche draws shuffles, buffer samples and (LaMAML) initial weights from the global RNGs
-  of torch, numpy and Python. ``setup`` and every ``learn`` run inside :func:`isolated_rng`,
-  which seeds all three from the strategy's own generator and puts the caller's states back:
-  a run is a function of its seed, bit for bit, and leaves the caller's random state alone.
+  of torch, numpy and Python. ``setup`` and every ``learn`` run inside
+  :func:`~scenarios.rng.isolated_rng`, which seeds all three from one draw of the strategy's
+  own generator and puts the caller's states back: a run is a function of its seed, bit for
+  bit, and leaves the caller's random state alone.
 - Avalanche's ``save_checkpoint`` pickles the whole strategy with dill and fails with current
   torch (a PicklingError on the optimiser classes). :meth:`AvalancheStrategy.state_dict`
   holds instead what a resumed strategy needs to continue bit-identically: model, optimiser
@@ -85,51 +86,23 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import hmac
-import os
-import random
-import secrets
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
 from scenarios.base import StreamSpec, Task
-from strategies.base import MinibatchConfig, Strategy, make_optimizer, training_examples
+from scenarios.rng import isolated_rng
+from strategies.base import Strategy, training_examples
+from strategies.signing import sign, verify
+from strategies.training import MinibatchConfig, make_optimizer
 
 
-@contextlib.contextmanager
-def isolated_rng(generator: torch.Generator, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Inside the block, Python's, numpy's and torch's global RNGs (and the CUDA one of
-    ``device``) are seeded from one draw of ``generator``; afterwards the caller's states are
-    back. Code that draws from global state (Avalanche's loops) becomes a function of
-    ``generator``.
-
-    Example:
-        >>> g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-        >>> with isolated_rng(g1):
-        ...     a = torch.rand(2)
-        >>> with isolated_rng(g2):
-        ...     b = torch.rand(2)
-        >>> torch.equal(a, b)
-        True
-    """
-    seed = int(torch.randint(0, 2**62, (), generator=generator))
-    device = torch.device(device)
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+def generator_seed(generator: torch.Generator) -> int:
+    """One draw of ``generator``: the seed of the global RNGs inside :func:`~scenarios.rng.isolated_rng`
+    around Avalanche's code, which draws from global state."""
+    return int(torch.randint(0, 2**62, (), generator=generator))
 
 
 class AvalancheConfig(MinibatchConfig):
@@ -248,7 +221,7 @@ class AvalancheStrategy(Strategy):
         net = (rt.TaskMaskedModel(self.model, spec.output_size, masked=masked)
                if masked or self.calls_model_with_task_labels else self.model)
         self.monitor = rt.LossMonitor()
-        with rt.quiet(), isolated_rng(self.generator, self.device):
+        with rt.quiet(), isolated_rng(generator_seed(self.generator), self.device):
             self.avalanche = rt.avalanche_class(self.target)(
                 model=net, optimizer=make_optimizer(c.optimizer, net.parameters(), c.lr, c.momentum),
                 criterion=torch.nn.CrossEntropyLoss(), train_mb_size=c.batch_size, train_epochs=c.epochs,
@@ -273,7 +246,7 @@ class AvalancheStrategy(Strategy):
         # moves each minibatch to the device.
         experience = rt.make_experience(x.cpu(), y.cpu(), label, avalanche.clock.train_exp_counter)
         self.monitor.start(self.label, task.name)
-        with rt.quiet(), isolated_rng(self.generator, self.device):
+        with rt.quiet(), isolated_rng(generator_seed(self.generator), self.device):
             avalanche.train(experience, eval_streams=[])
         # GDumb trains a fresh copy of its initial model on every experience: follow it.
         self.model = rt.backbone(avalanche.model)
@@ -299,45 +272,6 @@ class AvalancheStrategy(Strategy):
         self.avalanche.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         rt.load_state(self.avalanche, state["avalanche"], state["avalanche_mac"], self.memory_attributes,
                       self.monitor)
-
-
-def signing_key() -> bytes:
-    """This user's secret key for signing pickled state, created (mode 0600) on first use in
-    ``$LIFELONG_KEY_DIR``, else ``$XDG_STATE_HOME/lifelong``, else ``~/.local/state/lifelong``."""
-    folder = os.environ.get("LIFELONG_KEY_DIR") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "lifelong")
-    path = os.path.join(folder, "checkpoint.key")
-    try:
-        with open(path, "rb") as f:
-            key = f.read()
-        if len(key) == 32:
-            return key
-    except FileNotFoundError:
-        pass
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
-    with open(path, "rb") as f:  # re-read: another process may have written the key first
-        return f.read()
-
-
-def sign(blob: bytes) -> str:
-    """HMAC-SHA256 of ``blob`` with :func:`signing_key`."""
-    return hmac.new(signing_key(), blob, hashlib.sha256).hexdigest()
-
-
-def verify(blob: bytes, mac: str | None) -> None:
-    """Raise ``ValueError`` unless ``mac`` is this user's signature of ``blob``.
-
-    Avalanche's state (replay buffers as Avalanche datasets, previous models) can only be
-    stored as a pickle, and unpickling runs code named in the data: so it is unpickled only
-    when this user's key signed it, which a file crafted elsewhere cannot be. The price: such a
-    checkpoint resumes only where it was written (same user, same key).
-    """
-    if not isinstance(mac, str) or not hmac.compare_digest(mac, sign(blob)):
-        raise ValueError("the Avalanche state in this checkpoint is not signed with this user's key "
-                         "(written by another user or machine, or crafted), so it is not unpickled")
 
 
 class Naive(AvalancheStrategy):

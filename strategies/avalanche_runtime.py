@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from strategies.base import check_finite
+from strategies.signing import verify
 
 MASK_VALUE = -1000.0  # as Avalanche's IncrementalClassifier: finite, so MAS's output norms stay finite
 _AVALANCHE_DIR = os.path.dirname(avalanche.__file__)
@@ -142,7 +143,7 @@ def backbone(model: nn.Module) -> nn.Module:
 class LossMonitor(SupervisedPlugin):
     """Sums the minibatch losses of each epoch on the device and checks them once per epoch.
 
-    One host synchronisation per epoch, as in :func:`strategies.base.train_minibatches`; a NaN
+    One host synchronisation per epoch, as in :func:`strategies.training.train_minibatches`; a NaN
     or infinite sum raises :class:`~strategies.base.DivergenceError` naming strategy, task and step.
     """
 
@@ -192,7 +193,9 @@ def save_state(strategy, memory_attributes: tuple[str, ...], monitor: LossMonito
     payload = {
         "plugins": [{k: v for k, v in vars(p).items() if not isinstance(v, types.GeneratorType)}
                     for p in _stateful_plugins(strategy, monitor)],
-        "strategy": {name: getattr(strategy, name) for name in memory_attributes},
+        # Avalanche creates some of them on the first experience (LaMAML's optimizer_alpha):
+        # before it, they are absent, and absent again after a load.
+        "strategy": {name: getattr(strategy, name) for name in memory_attributes if hasattr(strategy, name)},
         "optimizer_registered": strategy.optimized_param_id is not None,
         "task_masks": model.masks if isinstance(model, TaskMaskedModel) else None,
     }
@@ -207,11 +210,9 @@ def load_state(strategy, blob: bytes, mac: str | None, memory_attributes: tuple[
     and options (tensors come back on the device they were saved from).
 
     The pickle is read only when ``mac`` is this user's signature of ``blob``
-    (:func:`strategies.avalanche.verify`, a ``ValueError`` otherwise): unpickling runs code
+    (:func:`strategies.signing.verify`, a ``ValueError`` otherwise): unpickling runs code
     named in the data, so a file crafted elsewhere must never get that far.
     """
-    from strategies.avalanche import verify
-
     verify(blob, mac)
     payload = torch.load(io.BytesIO(blob), weights_only=False)  # signed by this user: our own objects
     plugins = _stateful_plugins(strategy, monitor)

@@ -45,7 +45,8 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from scenarios.base import Params, StreamSpec
+from scenarios.base import StreamSpec
+from scenarios.params import Params
 
 
 class MLPParams(Params):

@@ -1,6 +1,6 @@
-"""The strategy protocol, the default functional adaptation, shared training helpers.
+"""The strategy protocol, its default functional adaptation and its default online learning.
 
-A strategy is a handful of methods over plain state (DESIGN section 5)::
+A strategy is a handful of methods over plain state (docs/design.md, "The strategy protocol")::
 
     setup(model, spec, device, seed)   build optimiser / memory; own RNG seeded from ``seed``
     learn(task) -> dict                consume one task's training data (no test data)
@@ -9,7 +9,7 @@ A strategy is a handful of methods over plain state (DESIGN section 5)::
     state_dict() / load_state_dict()   everything needed to resume, memories included
     model_spec(spec) -> StreamSpec     what the runner sizes a registered backbone for (default: spec)
 
-and, for the online loop (DESIGN section 12), two more that a strategy may implement::
+and, for the online loop (docs/design.md, "The online loop"), two more that a strategy may implement::
 
     predict_online(x) -> outputs       outputs (B, out) of the current online state, before the labels
     observe(x, y, task=None) -> dict   update on one labelled batch; ``task`` only when boundaries are given
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, ClassVar, Collection, Iterator, Literal, Mapping
+from typing import Any, ClassVar, Collection, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,8 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from scenarios.base import PROTOCOLS, Params, StreamSpec, Support, Task
+from scenarios.base import PROTOCOLS, StreamSpec, Support, Task
+from scenarios.params import Params
 
 
 class StrategyConfig(Params):
@@ -179,6 +180,9 @@ class Strategy:
         self.config = config if config is not None else self.Config()
         self.label = label or self.name
         self.model: nn.Module | None = None
+        # The training optimiser, when the strategy has one: state_dict saves it and
+        # load_state_dict restores it, so subclasses only create it in setup.
+        self.optimizer: torch.optim.Optimizer | None = None
         # Set by the runner for the length of one learn(task): makes the loops of task_loop.
         self.loop_factory = None
 
@@ -273,12 +277,18 @@ class Strategy:
         return per_episode(state.params, x)
 
     def state_dict(self) -> dict[str, Any]:
-        """Model weights and the RNG state; subclasses add optimisers and memories."""
-        return {"model": self.model.state_dict(), "generator": self.generator.get_state()}
+        """Model weights, the RNG state and :attr:`optimizer`'s state when there is one;
+        subclasses add their other optimisers and memories."""
+        state = {"model": self.model.state_dict(), "generator": self.generator.get_state()}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.generator.set_state(state["generator"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
 
     # -- the online protocol ------------------------------------------------------------------
     @classmethod
@@ -353,48 +363,6 @@ def gradient_step(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: 
     return {n: torch.add(p, grads[n], alpha=-lr) if n in grads else p for n, p in params.items()}
 
 
-def make_optimizer(name: str, params, lr: float, momentum: float = 0.0) -> torch.optim.Optimizer:
-    """``sgd`` or ``adam`` over ``params``."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum)
-
-
-def train_minibatches(strategy: Strategy, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                      mask: Tensor | None, epochs: int, batch_size: int, task_name: str,
-                      loop: TaskLoop | None = None) -> dict[str, Any]:
-    """Plain minibatch training of ``strategy.model`` on (x, y) for ``epochs`` passes.
-
-    Batches are drawn from the strategy's generator (reproducible); ``mask`` is None, (out,)
-    or (N, out) per example. The minibatches are the iterations of ``loop`` (a fresh
-    :meth:`Strategy.task_loop` by default), so a run can be checkpointed and resumed between
-    any two of them. Returns the mean loss of the last epoch and the number of steps.
-    """
-    loop = loop if loop is not None else strategy.task_loop()
-    model, n = strategy.model, x.shape[0]
-    per_epoch = -(-n // batch_size)
-    model.train()
-    carry = loop.carry
-    carry.setdefault("epoch_loss", torch.zeros((), device=x.device))
-    for step in loop.steps(epochs * per_epoch):
-        batch = step % per_epoch
-        if batch == 0:  # a new epoch: a new order (kept in the carry for a mid-epoch resume)
-            carry["order"] = torch.randperm(n, generator=strategy.generator).to(x.device)
-            carry["epoch_loss"] = torch.zeros((), device=x.device)
-        idx = carry["order"][batch * batch_size:(batch + 1) * batch_size]
-        batch_mask = mask[idx] if mask is not None and mask.dim() == 2 else mask
-        loss = strategy.loss(model(x[idx]), y[idx], batch_mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        carry["epoch_loss"] += loss.detach() * len(idx)
-        loop.loss = loss.detach()
-        loop.report(loss=loop.loss)
-        if batch == per_epoch - 1:
-            check_finite(carry["epoch_loss"], strategy.label, task_name, step + 1)
-    return {"train_loss": float(carry["epoch_loss"]) / n, "steps": epochs * per_epoch}
-
-
 def learn_by_observing(strategy: Strategy, task: Task, batch_size: int) -> dict[str, Any]:
     """``learn(task)`` of an online strategy: one pass over the task's training examples
     (:func:`training_examples`) in an order drawn from the strategy's generator, handed to
@@ -410,16 +378,6 @@ def learn_by_observing(strategy: Strategy, task: Task, batch_size: int) -> dict[
         logs = strategy.observe(x[idx], y[idx], task.id)
         loop.report(**logs)
     return {**logs, "batches": batches}
-
-
-class MinibatchConfig(StrategyConfig):
-    """Options of the strategies trained by plain minibatch gradient descent."""
-
-    lr: float = Field(0.1, gt=0, description="learning rate of training")
-    epochs: int = Field(5, gt=0, description="passes over the training data of each task")
-    batch_size: int = Field(32, gt=0, description="examples per minibatch")
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="training optimiser")
-    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
 
 
 def training_examples(strategy: Strategy, task: Task) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -12,7 +12,7 @@ Plain autograd keeps second-order gradients exact, also through the norm layers 
 ``strategies/backbones.py`` on why ``vmap`` does not).
 
 :func:`batched_forward` reads a model's structure once and returns the batched function, or
-``None`` for a model it does not cover: the callers (:func:`strategies.maml.meta_objective`)
+``None`` for a model it does not cover: the callers (:func:`strategies.episodic.meta_objective`)
 then fall back to ``vmap``. Covered: an ``nn.Sequential`` (``MLP`` and ``Conv4`` included)
 without hooks or buffers, of ``Linear``, ``Conv2d`` (zero padding), ``BatchStatNorm``,
 ``SampleStatNorm`` (the exact ``LayerNorm`` and ``InstanceNorm`` that the episodic strategies

@@ -47,7 +47,7 @@ Step sizes, inner steps and the meta-learning rate are MAML's options.
 ``MAML/metalearners/maml.py``, ``observe_accumulate``):
 
 - Its outer update uses the batches of the buffer as they were stored, including BatchNorm in
-  train mode; ours is :func:`strategies.maml.meta_objective` on one episode (batch-statistics
+  train mode; ours is :func:`strategies.episodic.meta_objective` on one episode (batch-statistics
   BatchNorm, as every strategy here), second order unless ``first_order``.
 - It learns per-parameter inner step sizes (``learn_step_size``, ``per_param_step_size``, Meta-SGD
   style) in its best configurations; here the step size is MAML's fixed ``inner_lr`` (use
@@ -90,7 +90,8 @@ from torch.func import functional_call
 
 from scenarios.base import Episodes
 from strategies.base import check_finite, task_loss
-from strategies.maml import MAML, MAMLConfig, fast_weights
+from strategies.episodic import fast_weights
+from strategies.maml import MAML, MAMLConfig
 
 
 class ContinualMAMLConfig(MAMLConfig):

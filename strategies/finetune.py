@@ -13,7 +13,8 @@ import torch
 from pydantic import Field
 
 from scenarios.base import StreamSpec, Task
-from strategies.base import MinibatchConfig, Strategy, make_optimizer, train_minibatches, training_examples
+from strategies.base import Strategy, training_examples
+from strategies.training import MinibatchConfig, make_optimizer, train_minibatches
 
 
 class FinetuneConfig(MinibatchConfig):
@@ -49,10 +50,3 @@ class Finetune(Strategy):
             loss.backward()
             self.optimizer.step()
         return {"loss": loss.detach()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.optimizer.load_state_dict(state["optimizer"])

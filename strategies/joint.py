@@ -13,7 +13,8 @@ import torch
 from pydantic import Field
 
 from scenarios.base import StreamSpec, Task
-from strategies.base import MinibatchConfig, Strategy, make_optimizer, train_minibatches, training_examples
+from strategies.base import Strategy, training_examples
+from strategies.training import MinibatchConfig, make_optimizer, train_minibatches
 
 
 class JointConfig(MinibatchConfig):
@@ -55,10 +56,8 @@ class Joint(Strategy):
         return {**logs, "memory_size": len(xs)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "optimizer": self.optimizer.state_dict(),
-                "memory": {k: [t.clone() for t in v] for k, v in self.memory.items()}}
+        return {**super().state_dict(), "memory": {k: [t.clone() for t in v] for k, v in self.memory.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.optimizer.load_state_dict(state["optimizer"])
         self.memory = {k: [t.to(self.device) for t in v] for k, v in state["memory"].items()}

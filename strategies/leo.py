@@ -5,7 +5,7 @@ LEO does not adapt a network's weights directly. It generates a linear classifie
 support set through a low-dimensional **latent code per class** and adapts in that latent space:
 
 1. **Embedding.** The model passed to ``setup`` is an embedding network: a registered backbone
-   is built with ``embedding_dim`` outputs (:meth:`~strategies.protomemory.EmbeddingStrategy.model_spec`,
+   is built with ``embedding_dim`` outputs (:meth:`~strategies.embedding.EmbeddingStrategy.model_spec`,
    as ``protomemory``); BatchNorm uses batch statistics, each support and each query set on its
    own (``strategies/backbones.py``). ``e(x)`` is an item's embedding, of width ``D``.
 2. **Encoder and relation network** (:func:`encode`). Each support embedding is mapped to
@@ -66,7 +66,7 @@ of ``omniglot-alphabets``, a lifelong stream of few-shot tasks) every class of a
 code; under the class-, task- and domain-incremental protocols labels are global: only the
 classes present in a support set get a code and weights, the others are never a training target,
 and at evaluation they score one below the lowest present logit
-(:func:`~strategies.protomemory.fill_absent`). LEO keeps no memory across tasks: learning a new
+(:func:`~strategies.embedding.fill_absent`). LEO keeps no memory across tasks: learning a new
 task moves the embedding, encoder and decoder, which may forget. It has no ``observe``, so online
 streams refuse it. ``evaluation.full_test`` is refused too: its k = 0 scores one support-free state
 on the whole test pool, and every LEO state comes from a support set: the checks before a run
@@ -133,7 +133,7 @@ from torch import Tensor, nn
 
 from scenarios.base import Episodes, StreamSpec, Support, Task
 from strategies.base import check_finite
-from strategies.protomemory import EmbeddingConfig, EmbeddingStrategy, class_sums, embed, fill_absent
+from strategies.embedding import EmbeddingConfig, EmbeddingStrategy, class_sums, embed, fill_absent
 
 RELATION_CHUNK = 2**22
 """Pair scores (episodes x support items^2 x 2 latent_dim values) the relation network computes at

@@ -12,7 +12,7 @@ Full-context embeddings (FCE) are not used.
 Matching Networks keep no memory: state 0 of ``adapt`` has no support set and predicts all
 logits 0; states 1..K attend over each episode's support set (all equal: nothing is taken step
 by step). The outputs are ``log p(c | x)``, with classes absent from the support set placed one
-below the lowest present log-probability (see :func:`~strategies.protomemory.fill_absent`).
+below the lowest present log-probability (see :func:`~strategies.embedding.fill_absent`).
 
 Example:
     >>> import scenarios, strategies, torch
@@ -36,7 +36,7 @@ from pydantic import Field
 from torch import Tensor
 
 from scenarios.base import Episodes, Support
-from strategies.protomemory import EmbeddingConfig, EmbeddingStrategy, LastBatchSupport, embed, fill_absent
+from strategies.embedding import EmbeddingConfig, EmbeddingStrategy, LastBatchSupport, embed, fill_absent
 
 
 class MatchingConfig(EmbeddingConfig):

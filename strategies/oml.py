@@ -295,12 +295,6 @@ class OML(Strategy):
     def training_episodes(self, spec: StreamSpec) -> None:
         return None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class ANML(OML):

@@ -31,9 +31,8 @@ Few-shot protocol: labels are 0..N-1 per episode and mean different classes in d
 episodes, so the memory is never updated; prediction uses the support prototypes alone (and
 state 0 has none).
 
-This module also holds the embedding machinery shared with Matching Networks
-(:class:`EmbeddingConfig`, :class:`EmbeddingStrategy`, :func:`embed`, :func:`class_sums`,
-:func:`fill_absent`).
+The embedding machinery it shares with Matching Networks, SNAIL and LEO is in
+:mod:`strategies.embedding`.
 
 Example:
     >>> import scenarios, strategies, torch
@@ -50,39 +49,22 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
 from scenarios.base import Episodes, StreamSpec, Support, Task
-from strategies.backbones import use_batch_statistics
-from strategies.base import Strategy, StrategyConfig, check_finite
+from strategies.embedding import EmbeddingConfig, EmbeddingStrategy, class_sums, embed, fill_absent
 
 
 EMBED_BATCH = 1024
 """Training examples embedded per forward pass when the memory is updated: bounds the
 activation memory of a large task; under batch-statistics BatchNorm, each batch of this size
 is normalised with its own statistics."""
-
-
-class EmbeddingConfig(StrategyConfig):
-    """Options of the strategies that train an embedding network on episodes."""
-
-    adapt_lr: Literal[None] = Field(None, description="not used: these strategies adapt without gradient steps")
-    embedding_dim: int = Field(64, gt=0, description="output size of a registered backbone: the embedding width")
-    lr: float = Field(0.001, gt=0, description="Adam learning rate of the embedding network")
-    meta_iterations: int = Field(100, gt=0, description="episodic training steps on each task")
-    meta_batch_size: int = Field(4, gt=0, description="episodes per training step")
-    shots: int | None = Field(None, gt=0, description="support items per class of a training episode "
-                                                      "(default: the stream's)")
-    query: int | None = Field(None, gt=0, description="query items per class of a training episode "
-                                                      "(default: the stream's)")
 
 
 class ProtoMemoryConfig(EmbeddingConfig):
@@ -93,102 +75,10 @@ class ProtoMemoryConfig(EmbeddingConfig):
                                                                "(1: they replace them)")
 
 
-def embed(model: nn.Module, x: Tensor) -> Tensor:
-    """Embeddings ``(E, N, D)`` of inputs ``(E, N, *input_shape)``, one forward per episode
-    (so batch-statistics BatchNorm normalises each episode on its own); differentiable."""
-    weights = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    return vmap(lambda xe: functional_call(model, weights, (xe,)))(x)
-
-
-def class_sums(embeddings: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Per episode and class, the sum of the embeddings ``(E, C, D)`` and their count ``(E, C)``.
-
-    Example:
-        >>> sums, counts = class_sums(torch.tensor([[[1.0], [3.0], [5.0]]]), torch.tensor([[0, 0, 2]]), 3)
-        >>> sums.flatten().tolist(), counts.flatten().tolist()
-        ([4.0, 0.0, 5.0], [2.0, 0.0, 1.0])
-    """
-    onehot = F.one_hot(labels, num_classes).to(embeddings.dtype)           # (E, N, C)
-    return onehot.transpose(1, 2) @ embeddings, onehot.sum(1)
-
-
 def squared_distances(x: Tensor, prototypes: Tensor) -> Tensor:
     """Squared Euclidean distances ``(E, Q, C)`` from ``x`` ``(E, Q, D)`` to ``prototypes``
     ``(E, C, D)`` (or ``(C, D)``, shared by every episode)."""
     return (x.unsqueeze(-2) - prototypes.unsqueeze(-3)).pow(2).sum(-1)
-
-
-def fill_absent(logits: Tensor, present: Tensor) -> Tensor:
-    """``logits`` ``(E, Q, C)`` where the classes not ``present`` (``(E, C)`` or ``(C,)``) score
-    one below the lowest present logit of their row, or 0 when no class is present.
-
-    Example:
-        >>> fill_absent(torch.tensor([[[-2.0, -5.0, 9.0]]]), torch.tensor([True, True, False])).tolist()
-        [[[-2.0, -5.0, -6.0]]]
-    """
-    present = present.unsqueeze(-2).expand_as(logits)
-    lowest = logits.masked_fill(~present, float("inf")).amin(-1, keepdim=True) - 1
-    lowest = torch.where(present.any(-1, keepdim=True), lowest, torch.zeros_like(lowest))
-    return torch.where(present, logits, lowest)
-
-
-class EmbeddingStrategy(Strategy):
-    """Shared machinery of the embedding strategies: model sizing, batch-statistics BatchNorm,
-    episodic training with Adam. Subclasses implement :meth:`episode_loss` and may extend
-    :meth:`after_task`."""
-
-    Config = EmbeddingConfig
-    kinds = frozenset({"classification"})  # classes are compared by embedding similarity
-
-    def model_spec(self, spec: StreamSpec) -> StreamSpec:
-        """The stream's spec with ``embedding_dim`` outputs: a registered backbone is the embedding."""
-        return dataclasses.replace(spec, output_size=self.config.embedding_dim)
-
-    def training_episodes(self, spec: StreamSpec) -> tuple[int, int, int]:
-        """One training step's ``meta_batch_size`` episodes of ``shots`` and ``query`` (default: the stream's)."""
-        c = self.config
-        return c.meta_batch_size, c.shots or spec.shots, c.query or spec.query
-
-    def setup(self, model: nn.Module, spec: StreamSpec, device, seed: int = 0) -> None:
-        if spec.kind != "classification":
-            raise ValueError(f"{self.name} classifies by embedding similarity; stream {spec.name!r} is {spec.kind}")
-        super().setup(model, spec, device, seed)
-        use_batch_statistics(self.model)
-        self.num_classes = spec.output_size
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
-
-    def episode_loss(self, episodes: Episodes) -> Tensor:
-        """Mean training loss of the embedding on ``episodes`` (differentiable)."""
-        raise NotImplementedError
-
-    def after_task(self, task: Task) -> dict[str, Any]:
-        """Called at the end of :meth:`learn`; returns extra logs."""
-        return {}
-
-    def learn(self, task: Task) -> dict[str, Any]:
-        c = self.config
-        self.model.train()
-        loop = self.task_loop(total=torch.zeros((), device=self.device))
-        total = loop.carry["total"]
-        for _ in loop.steps(c.meta_iterations):
-            eps = task.episodes("train", c.meta_batch_size, c.shots or self.spec.shots, c.query or self.spec.query,
-                                self.generator).to(self.device)
-            loss = self.episode_loss(eps)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.detach()
-            loop.loss = loss.detach()
-        check_finite(total, self.label, task.name, c.meta_iterations)
-        return {"train_loss": float(total) / c.meta_iterations, "meta_iterations": c.meta_iterations,
-                **self.after_task(task)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 @dataclass(frozen=True)
@@ -199,34 +89,6 @@ class PrototypeState:
     prototypes: Tensor
     present: Tensor
     batched: bool
-
-
-class LastBatchSupport:
-    """Online behaviour shared by the embedding strategies that read a support set (Matching
-    Networks, SNAIL): ``observe`` keeps the last observed batch as the support set of the next
-    ``predict_online`` calls, and the checkpoints carry it. List it before the strategy's base
-    class (``class Matching(LastBatchSupport, EmbeddingStrategy)``); the strategy's
-    ``predict_online`` reads :attr:`online_support` (``None`` before the first batch)."""
-
-    online_support: tuple[Tensor, Tensor] | None = None
-
-    def setup(self, model: nn.Module, spec: StreamSpec, device, seed: int = 0) -> None:
-        super().setup(model, spec, device, seed)
-        self.online_support = None
-
-    @torch.no_grad()
-    def observe(self, x: Tensor, y: Tensor, task: int | None = None) -> dict[str, Any]:
-        """Online: the last observed batch becomes the support set of the next predictions."""
-        self.online_support = (x.clone(), y.clone())
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "online_support": self.online_support}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        support = state.get("online_support")
-        self.online_support = None if support is None else tuple(t.to(self.device) for t in support)
 
 
 class ProtoMemory(EmbeddingStrategy):

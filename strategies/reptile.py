@@ -54,7 +54,7 @@ from torch.func import functional_call, grad, vmap
 
 from scenarios.base import Support, Task
 from strategies.base import AdaptState, check_finite, gradient_step, task_loss
-from strategies.maml import EpisodicConfig, EpisodicStrategy, fast_weights
+from strategies.episodic import EpisodicConfig, EpisodicStrategy, fast_weights
 
 
 class ReptileConfig(EpisodicConfig):

@@ -34,7 +34,7 @@ those of the plain causal network on the sequence (support, query) (a test check
 against each other, and that a query's output is bit-for-bit unchanged when other queries or
 later items change).
 
-**Training** (:meth:`learn`, the loop of :class:`~strategies.protomemory.EmbeddingStrategy`):
+**Training** (:meth:`learn`, the loop of :class:`~strategies.embedding.EmbeddingStrategy`):
 ``meta_iterations`` Adam steps (``lr``) of the embedding network and the SNAIL head together,
 each on ``meta_batch_size`` episodes of the task's training source (``shots`` and ``query`` per
 class, default the stream's), with the cross-entropy of every query's logits. The support
@@ -50,7 +50,7 @@ domain-incremental protocols the labels are global: an episode's classes are map
 slot learns to be read and the head stays a few-shot learner instead of memorising which class
 a slot stands for), and the slot logits are mapped back to the global classes. A class absent
 from the support set cannot be predicted: its logit is one below the lowest present one
-(:func:`~strategies.protomemory.fill_absent`), as for the other embedding strategies. So SNAIL
+(:func:`~strategies.embedding.fill_absent`), as for the other embedding strategies. So SNAIL
 runs on few-shot streams (``omniglot-fewshot``), lifelong few-shot streams
 (``omniglot-alphabets``) and split streams alike; it keeps no memory across tasks beyond its
 weights.
@@ -108,7 +108,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from scenarios.base import Episodes, StreamSpec, Support, Task
-from strategies.protomemory import EmbeddingConfig, EmbeddingStrategy, LastBatchSupport, embed, fill_absent
+from strategies.embedding import EmbeddingConfig, EmbeddingStrategy, LastBatchSupport, embed, fill_absent
 
 
 class SNAILConfig(EmbeddingConfig):

@@ -27,13 +27,15 @@ problem is a :class:`UserCodeError`, one paragraph for the user:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
 from pydantic import create_model
 from torch import nn
 
-from scenarios.base import Params, StreamSpec
+from scenarios.base import StreamSpec
+from scenarios.params import Params
 from scenarios.custom import _ClosedParams, _field_type, _OpenParams, _one_paragraph, import_named
 from strategies.base import Strategy, StrategyConfig
 
@@ -94,9 +96,7 @@ def _signature_problem(cls: type, method: str) -> str | None:
     return None
 
 
-_strategies: dict[str, type[Strategy]] = {}
-
-
+@functools.cache  # one class per target and process (user_strategy.cache_clear() forgets them)
 def user_strategy(target: str) -> type[Strategy]:
     """The strategy class ``target = "package.module:Class"`` names, checked against the protocol.
 
@@ -106,8 +106,6 @@ def user_strategy(target: str) -> type[Strategy]:
             :class:`~strategies.base.StrategyConfig`, or a protocol method it defines does
             not accept the runner's call.
     """
-    if target in _strategies:
-        return _strategies[target]
     cls = import_target(target, "strategy")
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         kind = "a class that does not derive from it" if isinstance(cls, type) else f"a {type(cls).__name__}"
@@ -124,7 +122,6 @@ def user_strategy(target: str) -> type[Strategy]:
             problem = _signature_problem(cls, method)
             if problem:
                 raise UserCodeError(f"strategy {target!r}: {problem}")
-    _strategies[target] = cls
     return cls
 
 
@@ -178,9 +175,7 @@ def _options_model(target: str, factory: Callable) -> type[Params]:
     return create_model(f"Params[{target}]", __base__=_OpenParams if takes_kwargs else _ClosedParams, **fields)
 
 
-_models: dict[str, UserModel] = {}
-
-
+@functools.cache  # one factory per target and process (user_model.cache_clear() forgets them)
 def user_model(target: str) -> UserModel:
     """The model factory ``target = "package.module:factory"`` names (a function or an
     ``nn.Module`` class), with its options' parameter model.
@@ -189,8 +184,6 @@ def user_model(target: str) -> UserModel:
         UserCodeError: the module cannot be imported, has no such attribute, the attribute is
             not callable, takes no keyword ``spec``, or has a positional-only option.
     """
-    if target in _models:
-        return _models[target]
     factory = import_target(target, "model")
     if not callable(factory):
         raise UserCodeError(f"model {target!r} is a {type(factory).__name__}, not a function or class "
@@ -200,5 +193,4 @@ def user_model(target: str) -> UserModel:
     except (TypeError, ValueError):
         raise UserCodeError(f"model {target!r}: its signature cannot be read, so its options are unknown") from None
     doc = (inspect.getdoc(factory) or f"user model {target}").splitlines()[0]
-    _models[target] = UserModel(target, factory, _options_model(target, factory), doc)
-    return _models[target]
+    return UserModel(target, factory, _options_model(target, factory), doc)

@@ -1,6 +1,9 @@
-"""Shared fixtures: where the real data files are, and a private cache for decoded data."""
+"""Shared fixtures: where the real data files are, a private cache for decoded data, a user's module
+in the current directory, and an online run stopped mid-stream and resumed."""
 
 import os
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,23 @@ def private_signing_key(tmp_path_factory):
         yield folder
 
 
+@pytest.fixture
+def module_in_cwd(tmp_path, monkeypatch):
+    """``module_in_cwd(source, prefix)``: writes ``source`` as a module ``<prefix>_<12 hex digits>``
+    in ``tmp_path``, makes ``tmp_path`` the current directory (where a "module:function" name in an
+    experiment file is imported from) and returns the module's name. The name is new in every test,
+    so no module cached by another test answers for it; ``sys.path``, which the loader extends by
+    the current directory, and the current directory are restored after the test."""
+    def write(source: str, prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "path", list(sys.path))  # the loader adds the current directory
+        return name
+
+    return write
+
+
 class StopAfterBatches:
     """A progress hook for ``run_online`` that requests a stop (as SIGINT would) once ``n``
     online batches are done; the runner then checkpoints and raises ``Interrupted``."""
@@ -65,3 +85,26 @@ class StopAfterBatches:
 def stop_after_batches():
     """``stop_after_batches(stop, n)``: a :class:`StopAfterBatches` hook."""
     return StopAfterBatches
+
+
+@pytest.fixture
+def interrupted_online_run(tmp_path):
+    """``interrupted_online_run(stream, fresh, settings, online, batches)``: ``run_online`` of a fresh
+    ``(strategy, model)`` from ``fresh()`` on ``stream`` (seed 0), three times: uninterrupted; stopped
+    as by Ctrl-C after ``batches`` online batches, which must raise ``Interrupted`` ("stopped after
+    batch <batches>") and leave its checkpoint in ``tmp_path``; resumed from that checkpoint. Returns
+    the uninterrupted and the resumed results, for the test to compare."""
+    def run(stream, fresh, settings, online, batches: int):
+        from simulator.online import run_online
+        from simulator.runner import Interrupted, StopRequest
+
+        clean = run_online(stream, *fresh(), seed=0, settings=settings, online=online)
+        checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
+        with pytest.raises(Interrupted, match=f"stopped after batch {batches}"):
+            run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
+                       identity={"test": 1}, stop=stop, progress=StopAfterBatches(stop, batches))
+        resumed = run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
+                             identity={"test": 1}, resume=True)
+        return clean, resumed
+
+    return run

@@ -7,7 +7,7 @@ episodes. An :class:`Entry` is one strategy of one run directory; entries of sev
 directories are compared when their runs have the same scenario and evaluation settings.
 
 Which metrics mean nothing for a strategy (:func:`skipped`) follows from the metric
-definitions (DESIGN section 7); such a metric is named with its reason instead of ranked:
+definitions (docs/design.md, "Metrics"); such a metric is named with its reason instead of ranked:
 
 - **No prediction without a support set.** If R[i, j, k] is the same in every row i (for
   every seed, wherever both cells were scored), learning never changed a score at this k:
@@ -71,15 +71,18 @@ class Metric:
         return self.better == "lower" or (self.better == "level" and regression)
 
 
-FINAL = Metric("final_accuracy", ("Highest final accuracy", "Lowest final MSE"), ("Final acc.", "Final MSE"),
-               "level", True)
-FORGETTING = Metric("forgetting", ("Least forgetting",) * 2, ("Forgetting",) * 2, "lower", True)
-BWT = Metric("backward_transfer", ("Best backward transfer",) * 2, ("BWT",) * 2, "higher", True)
-FWT = Metric("forward_transfer", ("Most forward transfer",) * 2, ("FWT",) * 2, "higher", True)
-NEW_ADAPT = Metric("new_task_adaptation", ("Best few-shot adaptation to new tasks (mean over k = 0..{K})",) * 2,
-                   ("New-task adapt.", "New-task adapt. MSE"), "level", False)
-RECOVERY = Metric("recovery_adaptation", ("Best recovery of old tasks (mean over k = 0..{K})",) * 2,
-                  ("Recovery adapt.", "Recovery adapt. MSE"), "level", False)
+def scalar_metric(key: str, title: tuple[str, str]) -> Metric:
+    """The answer of the scalar metric ``key`` of :data:`simulator.metrics.METRICS`, titled ``title``."""
+    info = metrics.METRICS[key]
+    return Metric(key, title, (info.header, info.header_regression), info.better, info.per_k)
+
+
+FINAL = scalar_metric("final_accuracy", ("Highest final accuracy", "Lowest final MSE"))
+FORGETTING = scalar_metric("forgetting", ("Least forgetting",) * 2)
+BWT = scalar_metric("backward_transfer", ("Best backward transfer",) * 2)
+FWT = scalar_metric("forward_transfer", ("Most forward transfer",) * 2)
+NEW_ADAPT = scalar_metric("new_task_adaptation", ("Best few-shot adaptation to new tasks (mean over k = 0..{K})",) * 2)
+RECOVERY = scalar_metric("recovery_adaptation", ("Best recovery of old tasks (mean over k = 0..{K})",) * 2)
 STEPS_NEW = Metric("steps_new", ("Fastest adaptation to new tasks (steps to 90% of the k = {K} score)",) * 2,
                    ("Steps to 90%, new",) * 2, "lower", False)
 STEPS_OLD = Metric("steps_old", ("Fastest re-adaptation to old tasks (steps to 90% of the k = {K} score)",) * 2,
@@ -94,11 +97,10 @@ ANSWER_METRICS_ANY_K = (NEW_ADAPT, RECOVERY, STEPS_NEW, COST)
 PAIRWISE_METRICS_K = (FINAL, FORGETTING, BWT, FWT)
 PAIRWISE_METRICS_ANY_K = (NEW_ADAPT, RECOVERY, STEPS_NEW, STEPS_OLD, COST)
 STEP_KEYS = ("steps_new", "steps_old")
-TWO_TASK_KEYS = ("backward_transfer", "forgetting", "forward_transfer", "recovery_adaptation", "steps_old")
+TWO_TASK_KEYS = (*(key for key, info in metrics.METRICS.items() if info.needs_two_tasks), "steps_old")
 """The metrics that need two tasks or more (NaN when T = 1, by definition)."""
-MATRIX_KEYS = ("final_accuracy", "average_incremental_accuracy", "learning_accuracy", "backward_transfer",
-               "forgetting", "forward_transfer")
-"""The metrics of R = score[:, :, k] (the others do not depend on k)."""
+MATRIX_KEYS = tuple(key for key in metrics.METRICS if key in metrics.MATRIX_METRICS)
+"""The metrics of R = score[:, :, k] that reports show (the others do not depend on k)."""
 _FORGET_KEYS = ("forgetting", "backward_transfer")
 
 
@@ -183,7 +185,7 @@ def strategy_kind(run: RunData, label: str) -> str | None:
     name = run.config.get("strategies", {}).get(label, {}).get("strategy", label)
     try:
         import strategies
-        from strategies.protomemory import EmbeddingStrategy
+        from strategies.embedding import EmbeddingStrategy
 
         if name not in strategies.available():
             return None

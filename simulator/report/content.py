@@ -25,9 +25,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from simulator import metrics
 from simulator.report import compare, figures
 from simulator.files import to_json
-from simulator.online_metrics import reference_pool
+from simulator.online_metrics import SHOWN_METRICS, reference_pool
 from simulator.report.data import (RunData, StrategyRuns, adaptation_curves, mean_ci, moving_average, online_stats,
                                    per_seed_cost, smoothing_window, stat, to_display)
 from simulator.report.compare import Entry, Metric
@@ -59,18 +60,14 @@ class Column:
         return self.better == "lower" or (self.better == "level" and regression)
 
 
-MATRIX_COLUMNS = (
-    Column("final_accuracy", "Final acc.", "Final MSE", "level"),
-    Column("average_incremental_accuracy", "Avg. incremental acc.", "Avg. incremental MSE", "level"),
-    Column("learning_accuracy", "Learning acc.", "Learning MSE", "level"),
-    Column("backward_transfer", "BWT", "BWT", "higher"),
-    Column("forward_transfer", "FWT", "FWT", "higher"),
-    Column("forgetting", "Forgetting", "Forgetting", "lower"),
-)
-ADAPTATION_COLUMNS = (
-    Column("new_task_adaptation", "New-task adapt.", "New-task adapt. MSE", "level"),
-    Column("recovery_adaptation", "Recovery adapt.", "Recovery adapt. MSE", "level"),
-)
+def metric_column(key: str) -> Column:
+    """The column of the scalar metric ``key``, headed as :data:`simulator.metrics.METRICS` says."""
+    info = metrics.METRICS[key]
+    return Column(key, info.header, info.header_regression, info.better)
+
+
+MATRIX_COLUMNS = tuple(metric_column(key) for key in metrics.MATRIX_METRICS)
+ADAPTATION_COLUMNS = (metric_column("new_task_adaptation"), metric_column("recovery_adaptation"))
 STEPS_COLUMNS = (
     Column("steps_new", "Steps to 90%, new", "Steps to 90%, new", "lower"),
     Column("steps_old", "Steps to 90%, old", "Steps to 90%, old", "lower"),
@@ -661,12 +658,18 @@ def run_sections(run: RunData, prefix: str = "", draw: bool = True,
 
 # Online runs -----------------------------------------------------------------------------
 
+def online_column(key: str) -> Column:
+    """The column of the online metric ``key``, headed as :data:`simulator.online_metrics.SHOWN_METRICS` says."""
+    info = SHOWN_METRICS[key]
+    return Column(key, info.header, info.header_regression, info.better)
+
+
 ONLINE_COLUMNS = (
-    Column("online_accuracy", "Online acc.", "Online MSE", "level"),
-    Column("recovery_auc", "Recovery AUC", "Recovery AUC (MSE)", "level"),
-    Column("forgetting", "Anytime forgetting", "Anytime forgetting", "lower"),
+    online_column("online_accuracy"),
+    online_column("recovery_auc"),
+    online_column("forgetting"),
     Column("forgetting_kK", "Anytime forgetting, k = K", "Anytime forgetting, k = K", "lower"),
-    Column("ood_drop", "Out-of-distribution drop", "Out-of-distribution drop", "lower"),
+    online_column("ood_drop"),
     Column("total_seconds", "Run s", "Run s", "lower", cost=True),
     COST_COLUMNS[2],
 )

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Union
 
 
 @dataclass(frozen=True)

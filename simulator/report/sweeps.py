@@ -33,20 +33,24 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from simulator.metrics import METRICS, MetricInfo
+from simulator.online_metrics import SHOWN_METRICS
 from simulator.report.data import ReportError, mean_ci, to_display
 from simulator.report.document import Block, Cell, Figure, Report, Section, Span, Table, paragraph
 
-TASK_METRICS = (("final_accuracy", "Final acc.", "Final MSE", "level"),
-                ("learning_accuracy", "Learning acc.", "Learning MSE", "level"),
-                ("forgetting", "Forgetting", "Forgetting", "lower"),
-                ("backward_transfer", "BWT", "BWT", "higher"),
-                ("forward_transfer", "FWT", "FWT", "higher"),
-                ("new_task_adaptation", "New-task adapt.", "New-task adapt. MSE", "level"))
-ONLINE_METRICS = (("online_accuracy", "Online acc.", "Online MSE", "level"),
-                  ("recovery_auc", "Recovery AUC", "Recovery AUC (MSE)", "level"),
-                  ("final_accuracy", "Final acc.", "Final MSE", "level"),
-                  ("forgetting", "Anytime forgetting", "Anytime forgetting", "lower"),
-                  ("ood_drop", "Out-of-distribution drop", "Out-of-distribution drop", "lower"))
+
+def _shown(key: str, info: MetricInfo) -> tuple[str, str, str, str]:
+    return key, info.header, info.header_regression, info.better
+
+
+TASK_METRICS = tuple(_shown(key, METRICS[key]) for key in ("final_accuracy", "learning_accuracy", "forgetting",
+                                                           "backward_transfer", "forward_transfer",
+                                                           "new_task_adaptation"))
+ONLINE_METRICS = (_shown("online_accuracy", SHOWN_METRICS["online_accuracy"]),
+                  _shown("recovery_auc", SHOWN_METRICS["recovery_auc"]),
+                  _shown("final_accuracy", METRICS["final_accuracy"]),
+                  _shown("forgetting", SHOWN_METRICS["forgetting"]),
+                  _shown("ood_drop", SHOWN_METRICS["ood_drop"]))
 """(metric in results.db, title, title for regression, which way is better); the first is the main one."""
 
 

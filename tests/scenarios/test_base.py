@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from scenarios.base import GroupedPool, LabelledPool, Registry, Task, generator
+from scenarios.base import GroupedPool, LabelledPool, Task
+from scenarios.registry import Registry
+from scenarios.rng import generator
 
 
 def toy_pool(per_class=(6, 8, 7, 9)):

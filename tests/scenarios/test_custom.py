@@ -1,15 +1,12 @@
 """User-defined streams: from tensors and datasets in Python, and from a function named in an
 experiment file."""
 
-import sys
-import uuid
-
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 import scenarios
-from scenarios import Stream
+from scenarios import from_datasets, from_tensors
 from scenarios.base import ScenarioError
 from simulator.cli import main
 from simulator.config import ConfigError, load_experiment
@@ -23,14 +20,14 @@ def blobs(c, n=40):
 
 def test_from_tensors_keeps_examples_and_labels():
     tasks = [(*blobs(0), *blobs(0, 20)), (*blobs(1), *blobs(1, 20))]
-    stream = Stream.from_tensors(tasks, name="blobs", task_names=["first", "second"])
+    stream = from_tensors(tasks, name="blobs", task_names=["first", "second"])
     assert stream.spec.output_size == 4 and stream.spec.input_shape == (3,)
     assert [t.name for t in stream] == ["first", "second"] and [t.classes for t in stream] == [(0, 1), (2, 3)]
     x, y = stream[1].train.examples()
     assert torch.equal(x, tasks[1][0]) and torch.equal(y, tasks[1][1])
-    ti = Stream.from_tensors(tasks, protocol="task-incremental")
+    ti = from_tensors(tasks, protocol="task-incremental")
     assert ti[1].mask.tolist() == [False, False, True, True]
-    fs = Stream.from_tensors(tasks, protocol="few-shot", ways=2)
+    fs = from_tensors(tasks, protocol="few-shot", ways=2)
     assert fs.spec.output_size == 2 and fs[1].episodes("test", 2, 1, 1, torch.Generator()).support_y.tolist() == [[0, 1]] * 2
 
 
@@ -43,22 +40,22 @@ def test_from_tensors_keeps_examples_and_labels():
 def test_from_tensors_rejects_bad_input_clearly(bad, message):
     x, y = bad(*blobs(0))
     with pytest.raises(ScenarioError, match=message):
-        Stream.from_tensors([(x, y, *blobs(0))])
+        from_tensors([(x, y, *blobs(0))])
     with pytest.raises(ScenarioError, match="ways .* is required"):
-        Stream.from_tensors([(*blobs(0), *blobs(0))], protocol="few-shot")
+        from_tensors([(*blobs(0), *blobs(0))], protocol="few-shot")
 
 
 def test_from_datasets_reads_torch_datasets():
     x, y = blobs(0)
-    stream = Stream.from_datasets([(TensorDataset(x, y), TensorDataset(x[:10], y[:10]))])
+    stream = from_datasets([(TensorDataset(x, y), TensorDataset(x[:10], y[:10]))])
     assert torch.equal(stream[0].train.examples()[0], x) and len(stream[0].test) == 10
     with pytest.raises(ScenarioError, match="must yield \\(input, label\\) pairs"):
-        Stream.from_datasets([(TensorDataset(x), TensorDataset(x))])
+        from_datasets([(TensorDataset(x), TensorDataset(x))])
 
 
 STREAMS = '''
 import torch
-from scenarios import Stream
+from scenarios import from_tensors
 
 def make_stream(num_tasks: int = 2, noise: float = 0.5, seed: int = 0):
     """Two noisy blobs per task."""
@@ -68,7 +65,7 @@ def make_stream(num_tasks: int = 2, noise: float = 0.5, seed: int = 0):
         y = torch.arange(2 * c, 2 * c + 2).repeat(20)
         x = noise * torch.randn(40, 3, generator=g) + y[:, None].float()
         tasks.append((x, y, x + 0.01, y))
-    return Stream.from_tensors(tasks, name="blobs")
+    return from_tensors(tasks, name="blobs")
 
 def not_a_stream(seed):
     return [1, 2, 3]
@@ -79,13 +76,9 @@ def no_seed(num_tasks=2):
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
+def user_module(module_in_cwd):
     """A module of stream functions in the current directory, under a name unique to the test."""
-    name = f"user_streams_{uuid.uuid4().hex[:12]}"
-    (tmp_path / f"{name}.py").write_text(STREAMS)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the loader adds the current directory
-    return name
+    return module_in_cwd(STREAMS, "user_streams")
 
 
 def write_experiment(tmp_path, scenario: str):

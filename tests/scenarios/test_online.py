@@ -6,8 +6,6 @@ distribution, on metadata alone (no batch is drawn for them).
 
 import hashlib
 import math
-import sys
-import uuid
 
 import numpy as np
 import pytest
@@ -327,11 +325,8 @@ def blobs(num_tasks: int = 2, scale: float | list[float] = 1.0, seed: int = 0):
 """
 
 
-def test_online_user_stream_and_its_union_parameters(tmp_path, monkeypatch):
-    module = f"user_online_{uuid.uuid4().hex[:12]}"
-    (tmp_path / f"{module}.py").write_text(USER_STREAM)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the loader adds the current directory
+def test_online_user_stream_and_its_union_parameters(module_in_cwd):
+    module = module_in_cwd(USER_STREAM, "user_online")
     stream = scenarios.build("online", {"source": f"{module}:blobs", "batch_size": 8}, seed=0)
     assert [len(b.y) for b in stream.batches()] == [8, 8, 4] * 2 and len(stream.columns) == 2
     # One error per union-typed field, located without pydantic's member type name.

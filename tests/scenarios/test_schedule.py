@@ -16,7 +16,7 @@ from scenarios.schedule import concatenate, recurring, shuffled
 from simulator import metrics
 from simulator.config import load_experiment
 from simulator.recurring import reduce_recurring
-from simulator.runner import run_experiment
+from simulator.experiment import run_experiment
 
 
 def blobs(c, seed, n=40):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from simulator.config import validate_experiment
-from simulator.runner import run_experiment
+from simulator.experiment import run_experiment
 
 SCRIPT_LABEL = "<script>alert(1)</script>"
 

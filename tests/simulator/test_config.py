@@ -1,35 +1,15 @@
 """Experiment files: every kind of bad file exits with status 2 and a one-paragraph message
 naming the file and the field path, without a traceback; good files and overrides resolve."""
 
-import textwrap
-
 import pytest
+
+from experiments import experiment_toml, write_experiment  # tests/simulator/experiments.py
 
 from simulator import cli
 from simulator.config import ConfigError, load_experiment, parse_value
 
-GOOD = textwrap.dedent("""
-    name = "tiny"
-    seeds = [0]
-
-    [scenario]
-    name = "split-digits"
-    num_tasks = 2
-
-    [evaluation]
-    episodes = 2
-    adapt_steps = 1
-
-    [strategies.finetune]
-    lr = 0.1
-    epochs = 1
-""")
-
-
-def write(tmp_path, text, name="exp.toml"):
-    path = tmp_path / name
-    path.write_text(text)
-    return path
+GOOD = experiment_toml("tiny", model=None, evaluation={"episodes": 2, "adapt_steps": 1},
+                       strategies={"finetune": {"lr": 0.1, "epochs": 1}})
 
 
 def run_cli(argv, capsys):
@@ -39,7 +19,7 @@ def run_cli(argv, capsys):
 
 
 def assert_user_error(tmp_path, capsys, text, *needles):
-    path = write(tmp_path, text)
+    path = write_experiment(tmp_path, text)
     code, out, err = run_cli(["run", str(path), "--out", str(tmp_path / "out")], capsys)
     assert code == 2
     assert "Traceback" not in err
@@ -108,7 +88,7 @@ def test_several_problems_are_reported_together(tmp_path, capsys):
 
 
 def test_bad_override_value(tmp_path, capsys):
-    path = write(tmp_path, GOOD)
+    path = write_experiment(tmp_path, GOOD)
     code, _, err = run_cli(["run", str(path), "--set", "strategies.finetune.epochs=0"], capsys)
     assert code == 2 and "strategies.finetune.epochs: must be > 0" in err
 
@@ -117,13 +97,13 @@ def test_cuda_requested_without_cuda(tmp_path, capsys, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    path = write(tmp_path, GOOD)
+    path = write_experiment(tmp_path, GOOD)
     code, _, err = run_cli(["run", str(path), "--device", "cuda"], capsys)
     assert code == 2 and "CUDA is not available" in err
 
 
 def test_overrides_seeds_and_defaults_resolve(tmp_path):
-    path = write(tmp_path, GOOD)
+    path = write_experiment(tmp_path, GOOD)
     exp = load_experiment(path, ["strategies.finetune.lr=0.05", "scenario.protocol=task-incremental",
                                  "model.hidden=[16]"], seeds=[3, 4])
     resolved = exp.resolved()
@@ -138,7 +118,7 @@ def test_overrides_seeds_and_defaults_resolve(tmp_path):
 
 def test_labels_pick_implementations(tmp_path):
     text = GOOD + '\n[strategies.joint_reset]\nstrategy = "joint"\nreset = true\n'
-    exp = load_experiment(write(tmp_path, text))
+    exp = load_experiment(write_experiment(tmp_path, text))
     assert [(s.label, s.name) for s in exp.strategies] == [("finetune", "finetune"), ("joint_reset", "joint")]
     assert exp.strategies[1].config.reset is True
 

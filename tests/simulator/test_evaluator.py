@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from experiments import ONE_EPOCH, experiment_toml, write_experiment  # tests/simulator/experiments.py
+
 import scenarios
 import strategies
 from simulator.cli import main
@@ -158,26 +160,9 @@ def test_finite_outputs_with_an_overflowing_loss_are_a_divergence_too():
 def test_a_run_diverging_in_evaluation_fails_with_exit_1_and_reports_no_score(tmp_path, capsys):
     """``lifelong run``: the diverging strategy is a failed run (message on stderr, listed in
     results.json's failures, no tensors); the other strategy's run is kept."""
-    experiment = tmp_path / "nan.toml"
-    experiment.write_text("""
-        name = "nan"
-        seeds = [0]
-        threads = 1
-        [scenario]
-        name = "split-digits"
-        num_tasks = 2
-        [model]
-        name = "mlp"
-        hidden = [16]
-        [evaluation]
-        episodes = 4
-        adapt_steps = 2
-        [strategies.finetune]
-        epochs = 1
-        adapt_lr = 1e30
-        [strategies.joint]
-        epochs = 1
-    """.replace("\n        ", "\n"))
+    experiment = write_experiment(tmp_path, experiment_toml(
+        "nan", threads=1, model={"name": "mlp", "hidden": [16]}, evaluation={"episodes": 4, "adapt_steps": 2},
+        strategies={"finetune": {"epochs": 1, "adapt_lr": 1e30}, "joint": ONE_EPOCH}), "nan.toml")
     out = tmp_path / "out"
     assert main(["run", str(experiment), "--out", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err

@@ -2,7 +2,8 @@
 `lifelong sweep --data-root`."""
 
 import json
-import textwrap
+
+from experiments import experiment_toml, write_experiment  # tests/simulator/experiments.py
 
 from simulator import cli
 from simulator.store import ResultsDB
@@ -77,24 +78,12 @@ def test_export_refuses_what_is_neither_a_run_nor_a_sweep_directory(tmp_path, ca
                           f"run directory (KeyError: 'seed')") and not (tmp_path / "metrics.csv").exists()
 
 
-SWEEP = textwrap.dedent("""
-    name = "mnist-grid"
-    [scenario]
-    name = "split-mnist"
-    num_tasks = 2
-    [evaluation]
-    episodes = 2
-    adapt_steps = 0
-    [strategies.finetune]
-    epochs = 1
-    [sweep]
-    "strategies.finetune.lr" = [0.1]
-""")
+SWEEP = experiment_toml("mnist-grid", seeds=None, scenario={"name": "split-mnist", "num_tasks": 2}, model=None,
+                        evaluation={"episodes": 2, "adapt_steps": 0}, sweep={"strategies.finetune.lr": [0.1]})
 
 
 def test_sweep_data_root_reaches_every_trial(tmp_path, capsys):
-    path = tmp_path / "grid.toml"
-    path.write_text(SWEEP)
+    path = write_experiment(tmp_path, SWEEP, "grid.toml")
     empty = tmp_path / "no-data-here"
     empty.mkdir()
     (trial,) = load_sweep(path, data_root=str(empty)).trials

@@ -7,47 +7,35 @@ import textwrap
 
 from simulator import cli
 
-LISTING = textwrap.dedent("""\
+# A listing as `lifelong list` prints it, in the pieces that a filter keeps or drops whole.
+TOP_LEVEL = textwrap.dedent("""\
     Experiment file, top level (keys outside any table)
       name: str | None = None     experiment name
-      seeds: list[int] = [0]      one run per seed
-
+      seeds: list[int] = [0]      one run per seed""")
+EVALUATION = textwrap.dedent("""\
     [evaluation] (how every task is scored)
-      episodes: int = 20          held-out episodes per task
+      episodes: int = 20          held-out episodes per task""")
+STRATEGIES = "Strategies (experiment file: [strategies.<label>])"
+MAML = ("  maml: MAML: meta-learn an initialisation\n"
+        "      inner_lr: float = 0.1   learning rate of the inner loop\n"
+        "      episodes: int = 8       not an entry: a parameter of maml")
+LAMAML = "  lamaml: La-MAML: online meta-learning\n      alpha_init: float = 0.15"
+FINETUNE = "  finetune: minibatch training\n      lr: float = 0.1"
 
-    Strategies (experiment file: [strategies.<label>])
-      maml: MAML: meta-learn an initialisation
-          inner_lr: float = 0.1   learning rate of the inner loop
-          episodes: int = 8       not an entry: a parameter of maml
-      lamaml: La-MAML: online meta-learning
-          alpha_init: float = 0.15
-      finetune: minibatch training
-          lr: float = 0.1""")
+
+def listing(*sections: list[str]) -> str:
+    """The text of a listing: sections apart by a blank line, each a section's lines."""
+    return "\n\n".join("\n".join(lines) for lines in sections)
+
+
+LISTING = listing([TOP_LEVEL], [EVALUATION], [STRATEGIES, MAML, LAMAML, FINETUNE])
 
 
 def test_filter_keeps_the_entries_whose_name_contains_the_text_ignoring_case():
-    assert cli.filter_list(LISTING, "MAML") == textwrap.dedent("""\
-        Strategies (experiment file: [strategies.<label>])
-          maml: MAML: meta-learn an initialisation
-              inner_lr: float = 0.1   learning rate of the inner loop
-              episodes: int = 8       not an entry: a parameter of maml
-          lamaml: La-MAML: online meta-learning
-              alpha_init: float = 0.15""")
+    assert cli.filter_list(LISTING, "MAML") == listing([STRATEGIES, MAML, LAMAML])
     # Keys of the experiment file are entries too; a strategy's parameters are not.
-    assert cli.filter_list(LISTING, "episodes") == textwrap.dedent("""\
-        [evaluation] (how every task is scored)
-          episodes: int = 20          held-out episodes per task""")
-    assert cli.filter_list(LISTING, "E") == textwrap.dedent("""\
-        Experiment file, top level (keys outside any table)
-          name: str | None = None     experiment name
-          seeds: list[int] = [0]      one run per seed
-
-        [evaluation] (how every task is scored)
-          episodes: int = 20          held-out episodes per task
-
-        Strategies (experiment file: [strategies.<label>])
-          finetune: minibatch training
-              lr: float = 0.1""")
+    assert cli.filter_list(LISTING, "episodes") == listing([EVALUATION])
+    assert cli.filter_list(LISTING, "E") == listing([TOP_LEVEL], [EVALUATION], [STRATEGIES, FINETUNE])
     assert cli.filter_list(LISTING, "inner_lr") is None
 
 
@@ -84,8 +72,7 @@ def test_list_name_reads_the_cache_without_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, "list", "LAMAML"], capture_output=True, text=True,
                           env={**os.environ, "LIFELONG_CACHE": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == ("Strategies (experiment file: [strategies.<label>])\n"
-                           "  lamaml: La-MAML: online meta-learning\n      alpha_init: float = 0.15\n")
+    assert proc.stdout == listing([STRATEGIES, LAMAML]) + "\n"
     assert proc.stderr.strip() == "[]"
 
 

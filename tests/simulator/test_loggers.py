@@ -8,48 +8,25 @@ import os
 import shutil
 import signal
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from experiments import ONE_EPOCH, experiment_toml, write_experiment  # tests/simulator/experiments.py
+
 from simulator import cli, loggers
 from simulator.loggers import COLUMNS, CsvLogger, LogError, LoggingSettings, RunLog, mean_curve, read_csv_log, run_name
 from simulator.rundir import load_tensors
 
-EXPERIMENT = textwrap.dedent("""
-    name = "logged"
-    seeds = [0]
 
-    [scenario]
-    name = "split-digits"
-    num_tasks = 2
-
-    [model]
-    hidden = [16]
-
-    [evaluation]
-    episodes = 4
-    adapt_steps = 2
-
-    [logging]
-    loggers = {loggers}
-    every = 4
-
-    [strategies.finetune]
-    epochs = 1
-
-    [strategies.maml]
-    meta_iterations = 12
-""")
-
-
-def _write(tmp_path: Path, loggers_list: str = '["csv"]', name: str = "exp.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(EXPERIMENT.format(loggers=loggers_list))
-    return path
+def logged_experiment(names: list[str]) -> str:
+    """The experiment "logged" with the loggers ``names``, a row every 4 steps: finetune and maml
+    (12 meta-iterations a task), one seed, two tasks."""
+    return experiment_toml("logged", evaluation={"episodes": 4, "adapt_steps": 2},
+                           logging={"loggers": names, "every": 4},
+                           strategies={"finetune": ONE_EPOCH, "maml": {"meta_iterations": 12}})
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -60,7 +37,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def _run(experiment_file: Path, out: Path, **options):
     """Run an experiment file without its report (figures cost seconds)."""
     from simulator.config import load_experiment
-    from simulator.runner import run_experiment
+    from simulator.experiment import run_experiment
 
     return run_experiment(load_experiment(experiment_file), out, quiet=True, report=False, **options)
 
@@ -70,8 +47,8 @@ def logged_run(tmp_path_factory):
     """The experiment file and a finished run of it (finetune and maml, one seed, two tasks)
     with its CSV and TensorBoard logs."""
     base = tmp_path_factory.mktemp("logged")
-    tensorboard = '["csv", "tensorboard"]' if importlib.util.find_spec("tensorboard") else '["csv"]'
-    exp = _write(base, tensorboard)
+    tensorboard = ["csv", "tensorboard"] if importlib.util.find_spec("tensorboard") else ["csv"]
+    exp = write_experiment(base, logged_experiment(tensorboard))
     _run(exp, base / "out")
     return exp, base / "out"
 
@@ -297,7 +274,7 @@ def test_a_kill_past_a_checkpoint_then_resume_gives_the_uninterrupted_logs(logge
 
 def test_the_online_loop_logs_its_accuracy_per_window_and_the_anytime_rows(tmp_path):
     from simulator.config import validate_experiment
-    from simulator.runner import run_experiment
+    from simulator.experiment import run_experiment
 
     raw = {"name": "online-logged", "seeds": [0], "scenario": {
         "name": "online", "source": "split-digits", "source_params": {"num_tasks": 2}, "batch_size": 10},
@@ -339,8 +316,7 @@ def test_lamaml_logs_the_mean_of_its_learned_rates():
     ("interval = 3", "logging.interval: unknown key (valid keys: loggers, every)"),
 ])
 def test_a_bad_logging_table_is_refused_with_its_field_path(tmp_path, capsys, table, message):
-    exp = tmp_path / "exp.toml"
-    exp.write_text(EXPERIMENT.format(loggers='["csv"]').replace('loggers = ["csv"]\nevery = 4', table))
+    exp = write_experiment(tmp_path, logged_experiment(["csv"]).replace('loggers = ["csv"]\nevery = 4', table))
     code = cli.main(["run", str(exp), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
@@ -351,7 +327,8 @@ def test_tensorboard_without_its_package_is_a_clear_exit_2(tmp_path, capsys, mon
     real = importlib.util.find_spec
     monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard"
                         else real(name, *a))
-    code = cli.main(["run", str(_write(tmp_path, '["tensorboard"]')), "--out", str(tmp_path / "out")])
+    exp = write_experiment(tmp_path, logged_experiment(["tensorboard"]))
+    code = cli.main(["run", str(exp), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "logging.loggers: the tensorboard logger needs the tensorboard package" in err
     assert "pip install 'lifelong[tensorboard]'" in err and not (tmp_path / "out").exists()
@@ -359,9 +336,10 @@ def test_tensorboard_without_its_package_is_a_clear_exit_2(tmp_path, capsys, mon
 
 def test_no_loggers_writes_no_logs_and_overwrite_removes_old_ones(tmp_path):
     from simulator.config import load_experiment
-    from simulator.runner import run_experiment
+    from simulator.experiment import run_experiment
 
-    experiment = load_experiment(_write(tmp_path, "[]"), ["strategies.maml.meta_iterations=2"])
+    exp = write_experiment(tmp_path, logged_experiment([]))
+    experiment = load_experiment(exp, ["strategies.maml.meta_iterations=2"])
     out = tmp_path / "out"
     (out / "logs").mkdir(parents=True)
     (out / "logs" / "stale-seed0.csv").write_text("x\n")

@@ -1,4 +1,4 @@
-"""Every metric of DESIGN section 7 on hand-written matrices, values worked out by hand."""
+"""Every metric of docs/design.md ("Metrics") on hand-written matrices, values worked out by hand."""
 
 import math
 

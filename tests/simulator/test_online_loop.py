@@ -1,5 +1,5 @@
-"""The online loop (DESIGN section 12): predict before the labels, then observe; the anytime
-tensor; checkpoints and resume mid-stream."""
+"""The online loop (docs/design.md, "The online loop"): predict before the labels, then
+observe; the anytime tensor; checkpoints and resume mid-stream."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -124,48 +124,25 @@ import json  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import textwrap  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from experiments import experiment_toml, write_experiment  # noqa: E402
 from kill_switch import kill_after_checkpoint  # noqa: E402
 
 from simulator import cli  # noqa: E402
 from simulator.rundir import load_tensors  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-ONLINE = textwrap.dedent("""
-    name = "digits-online"
-    seeds = [0, 1]
-
-    [scenario]
-    name = "online"
-    source = "split-digits"
-    source_params = {{ num_tasks = 3 }}
-    batch_size = 10
-
-    [model]
-    hidden = [16]
-
-    [evaluation]
-    episodes = 4
-    adapt_steps = 1
-
-    [online]
-    eval_every = {eval_every}
-
-    [strategies.finetune]
-    lr = 0.05
-
-    [strategies.protomemory]
-    meta_iterations = 3
-    embedding_dim = 8
-""")
+FINETUNE_AND_PROTOMEMORY = {"finetune": {"lr": 0.05}, "protomemory": {"meta_iterations": 3, "embedding_dim": 8}}
 
 
-def _experiment(tmp_path, eval_every=20) -> Path:
-    path = tmp_path / "online.toml"
-    path.write_text(ONLINE.format(eval_every=eval_every))
-    return path
+def online_experiment(eval_every: int = 20, seeds: list[int] = [0, 1], batch_size: int = 10,
+                      strategies: dict = FINETUNE_AND_PROTOMEMORY, sweep: dict | None = None) -> str:
+    """The experiment "digits-online": split-digits in 3 tasks as an online stream of batches of
+    ``batch_size``, evaluated every ``eval_every`` batches, learned by ``strategies``."""
+    scenario = {"name": "online", "source": "split-digits", "source_params": {"num_tasks": 3}, "batch_size": batch_size}
+    return experiment_toml("digits-online", seeds=seeds, scenario=scenario, online={"eval_every": eval_every},
+                           strategies=strategies, sweep=sweep)
 
 
 def _same(a: Path, b: Path) -> None:
@@ -176,7 +153,7 @@ def _same(a: Path, b: Path) -> None:
 
 
 def test_an_online_run_writes_its_files_and_reruns_bit_identical(tmp_path):
-    exp = _experiment(tmp_path)
+    exp = write_experiment(tmp_path, online_experiment(), "online.toml")
     assert cli.main(["run", str(exp), "--out", str(tmp_path / "a"), "--quiet"]) == 0
     assert cli.main(["run", str(exp), "--out", str(tmp_path / "b"), "--quiet"]) == 0
     _same(tmp_path / "a", tmp_path / "b")
@@ -195,7 +172,7 @@ def test_an_online_run_writes_its_files_and_reruns_bit_identical(tmp_path):
 
 
 def test_a_kill_mid_stream_then_resume_is_bit_identical(tmp_path):
-    exp = _experiment(tmp_path)
+    exp = write_experiment(tmp_path, online_experiment(), "online.toml")
     assert cli.main(["run", str(exp), "--out", str(tmp_path / "clean"), "--quiet"]) == 0
     killed = tmp_path / "killed"
     # protomemory pre-trains nothing (no pre-training stream); checkpoints every 7 batches: the
@@ -207,13 +184,15 @@ def test_a_kill_mid_stream_then_resume_is_bit_identical(tmp_path):
 
 
 def test_sigint_mid_stream_saves_a_checkpoint_and_resume_is_bit_identical(tmp_path):
-    exp = tmp_path / "long.toml"
-    exp.write_text(ONLINE.format(eval_every=1000).replace("seeds = [0, 1]", "seeds = [0]")
-                   .replace("batch_size = 10", "batch_size = 1"))
+    # 5 tasks of single examples (about 1,250 batches) and a progress line every 0.05 s: finetune
+    # takes 0.1 to 0.2 s for 755 batches on an idle machine, so it prints several lines
+    # before it ends, and the SIGINT arrives while it runs.
+    long_stream = online_experiment(eval_every=1000, seeds=[0], batch_size=1).replace("num_tasks = 3", "num_tasks = 5")
+    exp = write_experiment(tmp_path, long_stream, "long.toml")
     assert cli.main(["run", str(exp), "--out", str(tmp_path / "clean"), "--quiet"]) == 0
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-m", "simulator.cli", "run", str(exp), "--out", str(out),
-                              "--log-every", "0.2"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                              "--log-every", "0.05"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in child.stderr:
         lines.append(line)
@@ -292,9 +271,8 @@ def test_the_task_tensor_of_an_online_learner_is_the_anytime_tensor_at_task_boun
 
 
 def test_a_sweep_over_an_online_stream_summarises_the_online_metrics(tmp_path):
-    exp = tmp_path / "sweep.toml"
-    exp.write_text(ONLINE.format(eval_every=50).replace("seeds = [0, 1]", "seeds = [0]")
-                   .split("[strategies.protomemory]")[0] + '\n[sweep]\n"strategies.finetune.lr" = [0.01, 0.1]\n')
+    exp = write_experiment(tmp_path, online_experiment(eval_every=50, seeds=[0], strategies={"finetune": {"lr": 0.05}},
+                                                       sweep={"strategies.finetune.lr": [0.01, 0.1]}), "sweep.toml")
     assert cli.main(["sweep", str(exp), "--out", str(tmp_path / "sweep"), "--quiet"]) == 0
     summary = (tmp_path / "sweep" / "summary.md").read_text()
     assert "online_accuracy (k = 0) | online_accuracy (k = K) | recovery_auc (k = 0)" in summary
@@ -309,8 +287,7 @@ def test_a_sweep_over_an_online_stream_summarises_the_online_metrics(tmp_path):
     (('source = "split-digits"', 'source = "nope"'), "scenario.source: unknown scenario 'nope'"),
 ])
 def test_bad_online_experiments_are_refused_before_anything_is_written(tmp_path, capsys, change, message):
-    exp = tmp_path / "bad.toml"
-    exp.write_text(ONLINE.format(eval_every=20).replace(*change))
+    exp = write_experiment(tmp_path, online_experiment().replace(*change), "bad.toml")
     assert cli.main(["run", str(exp), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -326,10 +303,9 @@ ONLINE_STRATEGIES = [("finetune", {"lr": 0.05}), ("protomemory", {"embedding_dim
 
 
 @pytest.mark.parametrize("name, params", ONLINE_STRATEGIES, ids=lambda v: str(v))
-def test_every_online_strategy_resumes_mid_stream_bit_identical(tmp_path, name, params, stop_after_batches):
+def test_every_online_strategy_resumes_mid_stream_bit_identical(name, params, interrupted_online_run):
     import scenarios
     import strategies
-    from simulator.runner import Interrupted, StopRequest
 
     stream = scenarios.build("switching-sinusoid", {"length": 40, "hazard": 0.2}, seed=0) \
         if name in ("maml", "metasgd", "reptile", "finetune") else \
@@ -341,13 +317,7 @@ def test_every_online_strategy_resumes_mid_stream_bit_identical(tmp_path, name, 
         return strategy, strategies.build_model("mlp", {"hidden": [8]}, strategy.model_spec(stream.spec))
 
     settings, online = EvalSettings(episodes=3, adapt_steps=1), OnlineSettings(eval_every=15)
-    clean = run_online(stream, *fresh(), seed=0, settings=settings, online=online)
+    clean, resumed = interrupted_online_run(stream, fresh, settings, online, batches=11)
     assert np.isfinite(clean.online["correct"]).all()
-    checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
-    with pytest.raises(Interrupted, match="stopped after batch 11"):
-        run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                   identity={"test": 1}, stop=stop, progress=stop_after_batches(stop, 11))
-    resumed = run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                         identity={"test": 1}, resume=True)
     assert resumed.online["correct"].tobytes() == clean.online["correct"].tobytes()
     assert resumed.acc.tobytes() == clean.acc.tobytes() and resumed.loss.tobytes() == clean.loss.tobytes()

@@ -1,4 +1,5 @@
-"""Every online metric of DESIGN section 12 on hand-written sequences, values worked out by hand."""
+"""Every online metric of docs/design.md ("The online loop") on hand-written sequences, values
+worked out by hand."""
 
 import json
 import math

@@ -7,25 +7,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments import ONE_EPOCH, experiment_raw  # tests/simulator/experiments.py
+
 import scenarios
 import strategies
 from simulator.config import validate_experiment
 from simulator.evaluator import EvalSettings
 from simulator.report import INPUTS_FILE, content, write_report
-from simulator.runner import run, run_experiment
+from simulator.experiment import run_experiment
+from simulator.runner import run
 from strategies.finetune import Finetune
 
 
 def tiny_experiment(**overrides):
-    raw = {
-        "name": "tiny", "seeds": [0, 1],
-        "scenario": {"name": "split-digits", "num_tasks": 2},
-        "model": {"name": "mlp", "hidden": [16]},
-        "evaluation": {"episodes": 3, "adapt_steps": 1},
-        "strategies": {"finetune": {"epochs": 1}, "joint": {"epochs": 1}},
-    }
-    raw.update(overrides)
-    return validate_experiment(raw, "test")
+    """The experiment "tiny" (split-digits in 2 tasks, finetune and joint, seeds 0 and 1), validated;
+    ``overrides`` replace its top-level keys."""
+    raw = experiment_raw("tiny", seeds=[0, 1], model={"name": "mlp", "hidden": [16]},
+                         evaluation={"episodes": 3, "adapt_steps": 1},
+                         strategies={"finetune": ONE_EPOCH, "joint": ONE_EPOCH})
+    return validate_experiment({**raw, **overrides}, "test")
 
 
 @pytest.fixture
@@ -105,16 +105,16 @@ def _files(directory: Path) -> dict[str, tuple[int, bytes]]:
 
 def test_each_run_is_committed_once_the_figures_drawn_at_the_end_and_a_resume_rewrites_nothing(
         tmp_path, renders, monkeypatch):
-    import simulator.rundir as rundir
+    import simulator.experiment as experiment_module
 
     commits = []
-    write_run_dir = rundir.write_run_dir
+    write_run_dir = experiment_module.write_run_dir
 
     def spy(out_dir, experiment, results, device, complete, **kwargs):
         commits.append((len(results), complete))
         return write_run_dir(out_dir, experiment, results, device, complete, **kwargs)
 
-    monkeypatch.setattr(rundir, "write_run_dir", spy)
+    monkeypatch.setattr(experiment_module, "write_run_dir", spy)
     run_experiment(tiny_experiment(), tmp_path, quiet=True)
     assert commits == [(1, False), (2, False), (3, False), (4, True)]  # 2 strategies x 2 seeds
     assert renders == [False, False, False, True]                       # tables after each run, figures once

@@ -5,7 +5,7 @@ no browser is installed the tests are skipped, saying so.
 
 The first screen of the report is saved for a person to look at, at the path the test prints
 (:data:`SCREENSHOT`); ``LIFELONG_SCREENSHOT_REPORT=path/to/index.html`` shoots that report
-instead of the test's own tiny run (e.g. the rotated-MNIST comparison of the README).
+instead of the test's own tiny run (e.g. the rotated-MNIST comparison of docs/getting-started.md).
 """
 
 import os

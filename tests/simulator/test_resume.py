@@ -2,40 +2,21 @@
 
 import errno
 import json
-import textwrap
 
+from experiments import ONE_EPOCH, experiment_toml, split_digits, write_experiment  # tests/simulator/experiments.py
 from kill_switch import kill_after_checkpoint  # tests/simulator/kill_switch.py
 
 from simulator import cli, rundir
 from simulator.rundir import load_tensors
 
-EXPERIMENT = textwrap.dedent("""
-    name = "resumable"
-    seeds = [0]
+EXPERIMENT = experiment_toml("resumable", scenario=split_digits(3), model={"hidden": [32]},
+                             evaluation={"episodes": 4, "adapt_steps": 2},
+                             strategies={"finetune": {"epochs": 1, "optimizer": "adam", "lr": 0.01},
+                                         "joint": ONE_EPOCH})
 
-    [scenario]
-    name = "split-digits"
-    num_tasks = 3
-
-    [model]
-    hidden = [32]
-
-    [evaluation]
-    episodes = 4
-    adapt_steps = 2
-
-    [strategies.finetune]
-    epochs = 1
-    optimizer = "adam"
-    lr = 0.01
-
-    [strategies.joint]
-    epochs = 1
-""")
 
 def test_sigkill_after_the_second_task_then_resume_is_bit_identical(tmp_path, capsys):
-    exp = tmp_path / "exp.toml"
-    exp.write_text(EXPERIMENT)
+    exp = write_experiment(tmp_path, EXPERIMENT)
     assert cli.main(["run", str(exp), "--out", str(tmp_path / "clean"), "--quiet"]) == 0
     killed = tmp_path / "killed"
     # finetune writes 3 checkpoints and finishes; joint is killed after its second task
@@ -53,8 +34,7 @@ def test_sigkill_after_the_second_task_then_resume_is_bit_identical(tmp_path, ca
 
 
 def test_resume_refuses_another_experiment(tmp_path, capsys):
-    exp = tmp_path / "exp.toml"
-    exp.write_text(EXPERIMENT)
+    exp = write_experiment(tmp_path, EXPERIMENT)
     assert cli.main(["run", str(exp), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     capsys.readouterr()
     code = cli.main(["run", str(exp), "--out", str(tmp_path / "out"), "--resume", "--set",
@@ -65,8 +45,7 @@ def test_resume_refuses_another_experiment(tmp_path, capsys):
 
 
 def test_unwritable_output_directory_is_a_clear_error(tmp_path, capsys):
-    exp = tmp_path / "exp.toml"
-    exp.write_text(EXPERIMENT)
+    exp = write_experiment(tmp_path, EXPERIMENT)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     code = cli.main(["run", str(exp), "--out", str(blocker / "out")])
@@ -76,8 +55,7 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path, capsys):
 
 
 def test_full_disk_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):
-    exp = tmp_path / "exp.toml"
-    exp.write_text(EXPERIMENT)
+    exp = write_experiment(tmp_path, EXPERIMENT)
     out = tmp_path / "out"
     real_write, writes = rundir.atomic_write, []
 

@@ -7,24 +7,24 @@ import numpy as np
 import pytest
 import torch
 
+from experiments import ONE_EPOCH, experiment_raw, split_digits  # tests/simulator/experiments.py
+
 import scenarios
 import strategies
 from simulator.config import validate_experiment
 from simulator.evaluator import EvalSettings
 from simulator.rundir import load_tensors
-from simulator.runner import run, run_experiment
+from simulator.experiment import run_experiment
+from simulator.runner import run
 
 
 def tiny_experiment(**overrides):
-    raw = {
-        "name": "tiny", "seeds": [0, 1],
-        "scenario": {"name": "split-digits", "num_tasks": 3},
-        "model": {"name": "mlp", "hidden": [32]},
-        "evaluation": {"episodes": 4, "adapt_steps": 2},
-        "strategies": {"finetune": {"epochs": 1}, "joint": {"epochs": 1}},
-    }
-    raw.update(overrides)
-    return validate_experiment(raw, "test")
+    """The experiment "tiny" (split-digits in 3 tasks, finetune and joint, seeds 0 and 1), validated;
+    ``overrides`` replace its top-level keys."""
+    raw = experiment_raw("tiny", seeds=[0, 1], scenario=split_digits(3), model={"name": "mlp", "hidden": [32]},
+                         evaluation={"episodes": 4, "adapt_steps": 2},
+                         strategies={"finetune": ONE_EPOCH, "joint": ONE_EPOCH})
+    return validate_experiment({**raw, **overrides}, "test")
 
 
 def digest(arrays):

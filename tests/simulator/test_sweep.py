@@ -2,11 +2,11 @@
 
 import importlib.util
 import json
-import textwrap
 
 import numpy as np
 import pytest
 
+from experiments import ONE_EPOCH, experiment_toml, write_experiment  # tests/simulator/experiments.py
 from kill_switch import kill_after_checkpoint  # tests/simulator/kill_switch.py
 
 from simulator import cli
@@ -14,36 +14,14 @@ from simulator.config import ConfigError
 from simulator.store import ResultsDB
 from simulator.sweep import load_sweep, run_sweep
 
-SWEEP = textwrap.dedent("""
-    name = "grid"
-    seeds = [0, 1]
-
-    [scenario]
-    name = "split-digits"
-    num_tasks = 2
-
-    [model]
-    hidden = [16]
-
-    [evaluation]
-    episodes = 3
-    adapt_steps = 1
-
-    [strategies.finetune]
-    epochs = 1
-
-    [strategies.joint]
-    epochs = 1
-
-    [sweep]
-    "strategies.finetune.lr" = [0.05, 0.1]
-""")
+SWEEP = experiment_toml("grid", seeds=[0, 1], evaluation={"episodes": 3, "adapt_steps": 1},
+                        strategies={"finetune": ONE_EPOCH, "joint": ONE_EPOCH},
+                        sweep={"strategies.finetune.lr": [0.05, 0.1]})
 
 
 def sweep_file(tmp_path, text=SWEEP):
-    path = tmp_path / "sweep.toml"
-    path.write_text(text)
-    return path
+    """tmp_path/sweep.toml holding ``text``."""
+    return write_experiment(tmp_path, text, "sweep.toml")
 
 
 def outcomes(out_dir):

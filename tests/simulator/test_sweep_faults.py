@@ -12,11 +12,12 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from experiments import experiment_toml, write_experiment  # tests/simulator/experiments.py
 
 from simulator import cli
 from simulator.lock import DirectoryLock
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from scenarios import Stream
+from scenarios import from_tensors
 
 
 def stream(mode: str = "ok", seed: int = 0):
@@ -60,43 +61,22 @@ def stream(mode: str = "ok", seed: int = 0):
         y = torch.arange(2 * c, 2 * c + 2).repeat(20)
         x = 0.5 * torch.randn(40, 3, generator=g) + y[:, None].float()
         tasks.append((x, y, x + 0.01, y))
-    return Stream.from_tensors(tasks, name="blobs")
+    return from_tensors(tasks, name="blobs")
 '''
 
 
 @pytest.fixture
-def streams(tmp_path, monkeypatch):
+def streams(module_in_cwd):
     """A module holding ``stream`` in the current directory (tmp_path), under a unique name."""
-    name = f"faulty_streams_{uuid.uuid4().hex[:12]}"
-    (tmp_path / f"{name}.py").write_text(STREAMS)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the loader adds the current directory
-    return name
+    return module_in_cwd(STREAMS, "faulty_streams")
 
 
 def experiment(tmp_path, module, modes, seeds=(0,), epochs=1):
-    path = tmp_path / "faults.toml"
-    path.write_text(textwrap.dedent(f"""
-        name = "faults"
-        seeds = {list(seeds)}
-
-        [scenario]
-        name = "{module}:stream"
-
-        [model]
-        hidden = [16]
-
-        [evaluation]
-        episodes = 4
-        adapt_steps = 1
-
-        [strategies.finetune]
-        epochs = {epochs}
-
-        [sweep]
-        "scenario.mode" = {json.dumps(list(modes))}
-    """))
-    return path
+    """tmp_path/faults.toml: the sweep "faults" of finetune over the stream ``module:stream`` in the
+    modes ``modes``."""
+    return write_experiment(tmp_path, experiment_toml(
+        "faults", seeds=list(seeds), scenario={"name": f"{module}:stream"}, strategies={"finetune": {"epochs": epochs}},
+        sweep={"scenario.mode": list(modes)}), "faults.toml")
 
 
 def by_mode(out):
@@ -290,20 +270,20 @@ def test_a_full_disk_under_results_db_is_a_clean_exit_1_and_no_trial_stays_runni
 
 
 def test_a_trial_that_meets_a_full_disk_is_retried_by_the_next_run(streams, tmp_path, capsys, monkeypatch):
-    import simulator.runner as runner
+    import simulator.experiment as experiment_module
 
     path, out = experiment(tmp_path, streams, ["ok"]), tmp_path / "out"
-    run_experiment = runner.run_experiment
+    run_experiment = experiment_module.run_experiment
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runner, "run_experiment", disk_full)
+    monkeypatch.setattr(experiment_module, "run_experiment", disk_full)
     assert sweep(path, out) == 1
     assert "trials: 1 in all, 0 already finished, 1 run now, 1 failed (1 to retry" in capsys.readouterr().out
     assert by_mode(out) == {("ok", 0): ("failed", "environment", "OSError: [Errno 28] No space left on device")}
 
-    monkeypatch.setattr(runner, "run_experiment", run_experiment)
+    monkeypatch.setattr(experiment_module, "run_experiment", run_experiment)
     assert sweep(path, out) == 0
     assert "trials: 1 in all, 0 already finished, 1 run now, 0 failed\n" in capsys.readouterr().out
     assert by_mode(out) == {("ok", 0): ("done", None, None)}

@@ -11,12 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from experiments import ONE_EPOCH, experiment_toml, split_digits, write_experiment  # tests/simulator/experiments.py
 from kill_switch import kill_after_checkpoint  # tests/simulator/kill_switch.py
 
 from simulator import cli
@@ -26,46 +26,14 @@ from simulator.rundir import load_tensors
 
 REPO = Path(__file__).resolve().parents[2]
 
-EXPERIMENT = textwrap.dedent("""
-    name = "trusted"
-    seeds = [0]
+EXPERIMENT = experiment_toml("trusted", scenario=split_digits(3),
+                             strategies={"finetune": ONE_EPOCH, "joint": ONE_EPOCH})
 
-    [scenario]
-    name = "split-digits"
-    num_tasks = 3
 
-    [model]
-    hidden = [16]
-
-    [evaluation]
-    episodes = 4
-    adapt_steps = 1
-
-    [strategies.finetune]
-    epochs = 1
-
-    [strategies.joint]
-    epochs = 1
-""")
-
-LONG_TASK = textwrap.dedent("""
-    name = "long-task"
-    seeds = [0]
-
-    [scenario]
-    name = "split-digits"
-    num_tasks = 2
-
-    [model]
-    hidden = [16]
-
-    [evaluation]
-    episodes = 4
-    adapt_steps = 1
-
-    [strategies.maml]
-    meta_iterations = {iterations}
-""")
+def long_task(**strategies) -> str:
+    """The experiment "long-task": split-digits in 2 tasks learned by ``strategies`` (label: table),
+    each sized by the test (how long a task's loop runs)."""
+    return experiment_toml("long-task", strategies=strategies)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +41,7 @@ def prepared(tmp_path_factory):
     """The experiment file, its uninterrupted run, and a run of it killed after the 4th
     checkpoint (finetune finished, joint inside its run); tests copy what they change."""
     base = tmp_path_factory.mktemp("trust")
-    exp = _write(base)
+    exp = write_experiment(base, EXPERIMENT)
     assert cli.main(["run", str(exp), "--out", str(base / "clean"), "--quiet"]) == 0
     kill_after_checkpoint(4, ["run", str(exp), "--out", str(base / "killed"), "--quiet"], base)
     return exp, base / "clean", base / "killed"
@@ -83,12 +51,6 @@ def _killed_copy(prepared, tmp_path) -> Path:
     out = tmp_path / "out"
     shutil.copytree(prepared[2], out)
     return out
-
-
-def _write(tmp_path, text=EXPERIMENT, name="exp.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def _main(capsys, *argv) -> tuple[int, str]:
@@ -139,7 +101,7 @@ def test_the_same_experiment_again_needs_resume_or_overwrite(prepared, tmp_path,
 
 
 def test_a_folder_that_is_not_a_run_directory_is_refused(tmp_path, capsys):
-    exp = _write(tmp_path)
+    exp = write_experiment(tmp_path, EXPERIMENT)
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
@@ -149,7 +111,7 @@ def test_a_folder_that_is_not_a_run_directory_is_refused(tmp_path, capsys):
 
 
 def test_a_second_writer_is_refused_at_once_naming_the_holder(tmp_path, capsys):
-    exp = _write(tmp_path, LONG_TASK.format(iterations=100000))
+    exp = write_experiment(tmp_path, long_task(maml={"meta_iterations": 100000}))
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-m", "simulator.cli", "run", str(exp), "--out", str(out), "--quiet"],
                              cwd=REPO, stderr=subprocess.PIPE, text=True)
@@ -195,7 +157,7 @@ def _killing_at(n: int):
 def test_a_kill_at_any_file_operation_leaves_a_resumable_reportable_directory(tmp_path, capsys):
     from simulator.report import write_report
 
-    exp = _write(tmp_path, EXPERIMENT.replace("num_tasks = 3", "num_tasks = 2"))
+    exp = write_experiment(tmp_path, EXPERIMENT.replace("num_tasks = 3", "num_tasks = 2"))
     clean = tmp_path / "clean"
     assert _main(capsys, exp, "--out", clean, "--quiet")[0] == 0
     n, killed_at = 0, []
@@ -262,7 +224,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_no_code(prepared, tmp_path, ca
 
 def test_a_crafted_avalanche_state_is_not_unpickled(tmp_path):
     import strategies
-    from strategies.avalanche import sign
+    from strategies.signing import sign
 
     marker = tmp_path / "pwned"
     blob = pickle.dumps(_Payload(marker))
@@ -370,7 +332,7 @@ def _interrupt_mid_task(exp: Path, out: Path, sig: int, extra=()) -> str:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_inside_a_long_task_saves_a_checkpoint_and_resume_is_bit_identical(tmp_path, capsys, sig):
-    exp = _write(tmp_path, LONG_TASK.format(iterations=600))
+    exp = write_experiment(tmp_path, long_task(maml={"meta_iterations": 600}))
     clean, out = tmp_path / "clean", tmp_path / "out"
     assert _main(capsys, exp, "--out", clean, "--quiet")[0] == 0
     log = _interrupt_mid_task(exp, out, sig)
@@ -385,11 +347,9 @@ def test_a_signal_inside_a_long_task_saves_a_checkpoint_and_resume_is_bit_identi
 def test_checkpoints_after_every_iteration_resume_bit_identical(tmp_path, capsys, experiment):
     """Every strategy with a task loop: a kill after its 7th checkpoint (inside the first task,
     with a checkpoint after every iteration) resumes to the uninterrupted tensors."""
-    tables = {"finetune": "epochs = 3\nbatch_size = 16", "joint": "epochs = 2\nreset = true\nbatch_size = 16",
-              "protomemory": "meta_iterations = 20\nembedding_dim = 8", "reptile": "meta_iterations = 20"}
-    text = LONG_TASK.format(iterations=1).replace("[strategies.maml]\nmeta_iterations = 1",
-                                                  f"[strategies.{experiment}]\n{tables[experiment]}")
-    exp = _write(tmp_path, text)
+    tables = {"finetune": {"epochs": 3, "batch_size": 16}, "joint": {"epochs": 2, "reset": True, "batch_size": 16},
+              "protomemory": {"meta_iterations": 20, "embedding_dim": 8}, "reptile": {"meta_iterations": 20}}
+    exp = write_experiment(tmp_path, long_task(**{experiment: tables[experiment]}))
     clean, out = tmp_path / "clean", tmp_path / "out"
     assert _main(capsys, exp, "--out", clean, "--quiet")[0] == 0
     kill_after_checkpoint(7, ["run", str(exp), "--out", str(out), "--quiet", "--checkpoint-every", "1"], tmp_path)
@@ -398,30 +358,10 @@ def test_checkpoints_after_every_iteration_resume_bit_identical(tmp_path, capsys
 
 
 def test_omniglot_maml_interrupted_inside_its_long_task_resumes_bit_identical(tmp_path, capsys, data_root):
-    exp = _write(tmp_path, textwrap.dedent(f"""
-        name = "omniglot-maml"
-        seeds = [0]
-        data_root = "{data_root}"
-
-        [scenario]
-        name = "omniglot-fewshot"
-        ways = 5
-        shots = 1
-        query = 2
-
-        [model]
-        name = "conv4"
-        filters = 8
-
-        [evaluation]
-        episodes = 4
-        adapt_steps = 1
-
-        [strategies.maml]
-        meta_iterations = 400
-        meta_batch_size = 2
-        inner_lr = 0.4
-    """))
+    exp = write_experiment(tmp_path, experiment_toml(
+        "omniglot-maml", data_root=str(data_root),
+        scenario={"name": "omniglot-fewshot", "ways": 5, "shots": 1, "query": 2}, model={"name": "conv4", "filters": 8},
+        strategies={"maml": {"meta_iterations": 400, "meta_batch_size": 2, "inner_lr": 0.4}}))
     clean, out = tmp_path / "clean", tmp_path / "out"
     assert _main(capsys, exp, "--out", clean, "--quiet")[0] == 0
     log = _interrupt_mid_task(exp, out, signal.SIGINT)
@@ -451,7 +391,7 @@ def test_checkpoint_format_is_written_as_documented(prepared):
     (["--resume", "--overwrite"], "--resume keeps the results in --out and --overwrite removes them"),
 ])
 def test_bad_checkpoint_and_progress_options_are_refused_and_write_nothing(tmp_path, capsys, options, message):
-    exp = _write(tmp_path)
+    exp = write_experiment(tmp_path, EXPERIMENT)
     out = tmp_path / "out"
     try:
         code = cli.main(["run", str(exp), "--out", str(out), *options])
@@ -463,7 +403,7 @@ def test_bad_checkpoint_and_progress_options_are_refused_and_write_nothing(tmp_p
 
 
 def test_an_output_path_that_is_a_file_is_refused_and_left_alone(tmp_path, capsys):
-    exp = _write(tmp_path)
+    exp = write_experiment(tmp_path, EXPERIMENT)
     target = tmp_path / "results.txt"
     target.write_text("mine")
     code, err = _main(capsys, exp, "--out", target)

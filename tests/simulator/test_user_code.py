@@ -1,5 +1,6 @@
 """A user's own strategy class and model factory named in experiment files ("package.module:name"):
-the README's example through run, a kill and resume, sweep and report; every refusal by its message."""
+the example of docs/guides/add-strategy.md through run, a kill and resume, sweep and report; every
+refusal by its message."""
 
 import json
 import re
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import experiment_toml, write_experiment  # tests/simulator/experiments.py
 from kill_switch import kill_after_checkpoint  # tests/simulator/kill_switch.py
 
 import strategies
@@ -17,40 +19,24 @@ import strategies.user
 from simulator import cli
 from simulator.config import ConfigError, load_experiment, validate_experiment
 from simulator.rundir import load_tensors
-from simulator.runner import run_experiment
+from simulator.experiment import run_experiment
 from simulator.store import ResultsDB
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guides" / "add-strategy.md"
+MY_METHODS = r"<!-- file: my_methods.py -->\n```python\n(.*?)```"  # the guide's my_methods.py
 
-EXPERIMENT = textwrap.dedent("""
-    name = "mine"
-    seeds = [0]
-
-    [scenario]
-    name = "split-digits"
-    num_tasks = 2
-
-    [model]
-    name = "my_methods:small_net"
-    width = 16
-
-    [evaluation]
-    episodes = 3
-    adapt_steps = 1
-
-    [strategies.anchor]
-    strategy = "my_methods:L2Anchor"
-    epochs = 1
-""")
+# The experiment "mine": the guide's strategy class on its model factory.
+MINE = {"model": {"name": "my_methods:small_net", "width": 16}, "evaluation": {"episodes": 3, "adapt_steps": 1},
+        "strategies": {"anchor": {"strategy": "my_methods:L2Anchor", "epochs": 1}}}
+EXPERIMENT = experiment_toml("mine", **MINE)
 
 
 @pytest.fixture
 def example(tmp_path, monkeypatch):
-    """A folder holding the README's ``my_methods.py`` and :data:`EXPERIMENT` as ``mine.toml``,
+    """A folder holding the guide's ``my_methods.py`` and :data:`EXPERIMENT` as ``mine.toml``,
     made the current directory (where the user's module is imported from)."""
-    section = re.search(r"### Your own strategies and models\n(.*?)\n### ", README.read_text(), re.S).group(1)
-    (tmp_path / "my_methods.py").write_text(re.findall(r"```python\n(.*?)```", section, re.S)[0])
-    (tmp_path / "mine.toml").write_text(EXPERIMENT)
+    (tmp_path / "my_methods.py").write_text(re.search(MY_METHODS, GUIDE.read_text(), re.S).group(1))
+    write_experiment(tmp_path, EXPERIMENT, "mine.toml")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
@@ -69,8 +55,8 @@ def test_run_killed_and_resumed_is_bit_identical_then_reported(example, capsys, 
     capsys.readouterr()
     # The resume imports the module afresh from its name, as a new process would.
     monkeypatch.delitem(sys.modules, "my_methods")
-    monkeypatch.setattr(strategies.user, "_strategies", {})
-    monkeypatch.setattr(strategies.user, "_models", {})
+    strategies.user.user_strategy.cache_clear()
+    strategies.user.user_model.cache_clear()
     assert cli.main(["run", "mine.toml", "--out", "killed", "--resume", "--quiet"]) == 0
     assert sys.modules["my_methods"].L2Anchor is strategies.strategy_class("my_methods:L2Anchor")
     clean, resumed = load_tensors(example / "clean"), load_tensors(example / "killed")
@@ -81,11 +67,8 @@ def test_run_killed_and_resumed_is_bit_identical_then_reported(example, capsys, 
 
 
 def test_sweep_over_a_user_strategy_option_and_a_user_model_option(example, capsys):
-    (example / "mine.toml").write_text(EXPERIMENT + textwrap.dedent("""
-        [sweep]
-        "strategies.anchor.strength" = [0.0, 10.0]
-        "model.width" = [8]
-    """))
+    sweep = {"strategies.anchor.strength": [0.0, 10.0], "model.width": [8]}
+    write_experiment(example, experiment_toml("mine", **MINE, sweep=sweep), "mine.toml")
     assert cli.main(["sweep", "mine.toml", "--out", "sw", "--quiet"]) == 0
     assert "trials: 2 in all, 0 already finished, 2 run now, 0 failed" in capsys.readouterr().out
     db = ResultsDB(example / "sw" / "results.db")
@@ -190,7 +173,7 @@ def test_a_strategy_that_cannot_serve_is_refused_by_its_message(bad, target, exp
 
 def test_unknown_and_mistyped_options_are_refused_as_for_built_in_strategies(bad, tmp_path, monkeypatch):
     (tmp_path / "my_methods.py").write_text(re.search(
-        r"### Your own strategies and models\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1))
+        MY_METHODS, GUIDE.read_text(), re.S).group(1))
     message = refusal(experiment({"strategy": "my_methods:L2Anchor", "strenght": 1.0}))
     assert "strategies.mine.strenght: unknown key (valid keys: adapt_lr, lr, epochs, strength)" in message
     message = refusal(experiment({"strategy": "my_methods:L2Anchor", "strength": -1.0}))
@@ -218,9 +201,8 @@ def test_a_model_factory_with_a_bad_signature_is_refused_by_its_message(bad, fac
                "RuntimeError: no weights here"),
 ])
 def test_a_factory_that_returns_no_module_stops_the_run_before_it_starts(bad, tmp_path, capsys, factory, expected):
-    path = tmp_path / "exp.toml"
-    path.write_text(EXPERIMENT.replace("my_methods:small_net", f"{bad}:{factory}").replace("width = 16", "")
-                    .replace("my_methods:L2Anchor", "finetune"))
+    path = write_experiment(tmp_path, EXPERIMENT.replace("my_methods:small_net", f"{bad}:{factory}")
+                            .replace("width = 16", "").replace("my_methods:L2Anchor", "finetune"))
     assert cli.main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert expected.format(bad=bad) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -9,58 +9,23 @@ themselves (the largest shots a pool supplies, the largest seed) on inputs that 
 
 import os
 import re
-import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
 
+from experiments import experiment_toml, write_experiment  # tests/simulator/experiments.py
+
 import scenarios
 from simulator import cli, preflight
 from simulator.config import ConfigError, load_experiment, validate_experiment
-from simulator.runner import run_experiment
+from simulator.experiment import run_experiment
 
-DIGITS = textwrap.dedent("""
-    name = "tiny"
-    seeds = [0]
-
-    [scenario]
-    name = "split-digits"
-    num_tasks = 2
-
-    [model]
-    name = "mlp"
-    hidden = [16]
-
-    [evaluation]
-    episodes = 4
-    adapt_steps = 1
-
-    [strategies.finetune]
-    epochs = 1
-""")
-
-SINE = textwrap.dedent("""
-    name = "sine"
-
-    [scenario]
-    name = "sinusoid"
-    num_tasks = 2
-    train_functions = 20
-    test_functions = 10
-
-    [model]
-    name = "mlp"
-    hidden = [16]
-
-    [evaluation]
-    episodes = 4
-    adapt_steps = 1
-
-    [strategies.finetune]
-    epochs = 1
-""")
+# The tiny experiments the cases change: one of classification, one of regression.
+MLP = {"name": "mlp", "hidden": [16]}
+DIGITS = experiment_toml("tiny", model=MLP)
+SINE = experiment_toml("sine", seeds=None, model=MLP,
+                       scenario={"name": "sinusoid", "num_tasks": 2, "train_functions": 20, "test_functions": 10})
 
 HUGE = str(10**12)
 
@@ -238,8 +203,7 @@ CASES = [
 
 
 def run_cli(tmp_path: Path, capsys, text: str, args=()) -> tuple[int, str, Path, Path]:
-    path = tmp_path / "exp.toml"
-    path.write_text(text)
+    path = write_experiment(tmp_path, text)
     out = tmp_path / "out"
     code = cli.main(["run", str(path), "--out", str(out), "--quiet", *args])
     return code, capsys.readouterr().err, path, out
@@ -288,8 +252,7 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys):
 def test_preflight_refuses_before_the_run_directory_is_made(tmp_path):
     for text in (DIGITS.replace("episodes = 4", "episodes = 4\nshots = 100"),
                  SINE + "\n[strategies.protomemory]\nmeta_iterations = 1\n"):
-        path = tmp_path / "exp.toml"
-        path.write_text(text)
+        path = write_experiment(tmp_path, text)
         with pytest.raises(ConfigError):
             run_experiment(load_experiment(path), tmp_path / "out", quiet=True)
         assert not (tmp_path / "out").exists()
@@ -360,8 +323,7 @@ def test_binary_and_non_utf8_files_are_refused(tmp_path, capsys, content, fragme
 
 
 def test_an_unreadable_file_is_refused(tmp_path, capsys, monkeypatch):
-    path = tmp_path / "exp.toml"
-    path.write_text(DIGITS)
+    path = write_experiment(tmp_path, DIGITS)
     path.chmod(0)
     if os.geteuid() == 0:  # root reads any file: make the read fail as it would for a user
         def denied(self):
@@ -385,8 +347,7 @@ def test_a_pipe_and_a_huge_file_are_refused_unread(tmp_path, capsys):
 
 @pytest.mark.parametrize("stem", [".hidden", "my experiment"])
 def test_a_file_name_that_is_no_plain_name_needs_a_name(tmp_path, capsys, stem):
-    path = tmp_path / f"{stem}.toml"
-    path.write_text(DIGITS.replace('name = "tiny"\n', ""))
+    path = write_experiment(tmp_path, DIGITS.replace('name = "tiny"\n', ""), f"{stem}.toml")
     code = cli.main(["run", str(path), "--out", str(tmp_path / "out")])
     assert_refused(code, capsys.readouterr().err, tmp_path / "out",
                    "name: not set, and the default (the file's name without its extension) must be a plain name",
@@ -404,12 +365,9 @@ def make_stream(num_tasks: int = 2, seed: int = 0):
 
 
 @pytest.fixture
-def failing_module(tmp_path, monkeypatch):
-    name = f"failing_streams_{uuid.uuid4().hex[:12]}"
-    (tmp_path / f"{name}.py").write_text(FAILING)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the loader adds the current directory
-    return name
+def failing_module(module_in_cwd):
+    """The name of a module in the current directory whose ``make_stream`` raises."""
+    return module_in_cwd(FAILING, "failing_streams")
 
 
 @pytest.mark.parametrize("seed, fragment", [

@@ -38,7 +38,8 @@ def avalanche_loop(stream, model, name, options):
 
     from scenarios.avalanche_adapter import to_avalanche
     from strategies import avalanche_runtime as rt
-    from strategies.avalanche import isolated_rng
+    from scenarios.rng import isolated_rng
+    from strategies.avalanche import generator_seed
 
     benchmark = to_avalanche(stream)
     generator = torch.Generator().manual_seed(SEED)
@@ -47,14 +48,14 @@ def avalanche_loop(stream, model, name, options):
             accuracy_metrics(experience=True, stream=True), forgetting_metrics(experience=True, stream=True),
             bwt_metrics(experience=True, stream=True), forward_transfer_metrics(experience=True, stream=True),
             loggers=[])
-        with isolated_rng(generator):
+        with isolated_rng(generator_seed(generator)):
             cl = rt.avalanche_class(strategies.strategy_class(name).target)(
                 model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
                 criterion=torch.nn.CrossEntropyLoss(), train_mb_size=BATCH, train_epochs=EPOCHS,
                 eval_mb_size=256, evaluator=evaluator, eval_every=0, **options)
         cl.eval(benchmark.test_stream)                       # before training: forward transfer's baseline
         for experience in benchmark.train_stream:
-            with isolated_rng(generator):
+            with isolated_rng(generator_seed(generator)):
                 cl.train(experience, eval_streams=[])
             cl.eval(benchmark.test_stream)
     values = {k: v[1] for k, v in evaluator.get_all_metrics().items()}

@@ -54,18 +54,6 @@ def test_task_incremental_training_only_touches_the_task_outputs():
     assert changed.tolist() == [True, True] + [False] * 8     # digits 0 and 1 only
 
 
-def test_state_dict_round_trip_continues_identically():
-    a, stream = setup("finetune", {"epochs": 1, "optimizer": "adam", "lr": 0.01})
-    a.learn(stream[0].training_view())
-    saved = copy.deepcopy(a.state_dict())
-    b, _ = setup("finetune", {"epochs": 1, "optimizer": "adam", "lr": 0.01}, stream, seed=9)
-    b.load_state_dict(saved)
-    a.learn(stream[1].training_view())
-    b.learn(stream[1].training_view())
-    for k, v in a.model.state_dict().items():
-        assert torch.equal(v, b.model.state_dict()[k])
-
-
 def test_joint_trains_on_everything_seen_and_restores_its_memory():
     j, stream = setup("joint")
     j.learn(stream[0].training_view())

@@ -11,11 +11,12 @@ from torch import nn
 from torch.func import functional_call
 
 import strategies
-import strategies.maml as maml_module
+import strategies.episodic as episodic_module
 from scenarios.base import Episodes, LabelledPool, StreamSpec, Task
 from strategies.backbones import use_batch_statistics, use_exact_norms
 from strategies.batched import batched_forward, summed_episode_losses
-from strategies.maml import head_names, meta_objective
+from strategies.episodic import meta_objective
+from strategies.maml import head_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,7 +161,7 @@ def test_an_unsupported_model_falls_back_to_vmap(name, monkeypatch):
     model = UNSUPPORTED[name]().double()
     assert batched_forward(model) is None
     eps = episodes((2, 8, 8), "classification", n=2)
-    monkeypatch.setattr(maml_module, "batched_steps", lambda *a, **k: pytest.fail("took the batched path"))
+    monkeypatch.setattr(episodic_module, "batched_steps", lambda *a, **k: pytest.fail("took the batched path"))
     buffers = dict(model.named_buffers())
     loss = meta_objective(model, dict(model.named_parameters()), buffers, eps, steps=1, lr=0.3,
                           kind="classification")
@@ -171,7 +172,7 @@ def test_an_unsupported_model_falls_back_to_vmap(name, monkeypatch):
 
 def test_a_supported_model_does_not_touch_vmap(monkeypatch):
     model = exact(MODELS["conv4"][0]())
-    monkeypatch.setattr(maml_module, "vmap", lambda *a, **k: pytest.fail("took the vmap path"))
+    monkeypatch.setattr(episodic_module, "vmap", lambda *a, **k: pytest.fail("took the vmap path"))
     loss, grads = meta_gradient(model, episodes((2, 8, 8), "classification"), "classification", True, steps=1)
     assert torch.isfinite(loss) and all(g.abs().sum() > 0 for g in grads)
 

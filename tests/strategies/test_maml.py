@@ -1,7 +1,5 @@
 """MAML (second order, first order, ANIL) and Meta-SGD against a plain per-task reference loop."""
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -12,7 +10,8 @@ import strategies
 from scenarios.base import Episodes
 from simulator.evaluator import EvalSettings, Evaluator
 from strategies.base import task_loss
-from strategies.maml import head_names, meta_backward, meta_objective
+from strategies.episodic import meta_backward, meta_objective
+from strategies.maml import head_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -170,30 +169,6 @@ def test_metasgd_adapts_with_its_learned_rates_up_to_inner_steps_then_holds():
     grads = support_gradient(s.model, eps.support_x[0], eps.support_y[0], list(s.rates))
     for n, p in s.model.named_parameters():
         assert torch.allclose(states[1].params[n][0], p - s.rates[n] * grads[n], atol=1e-6), n
-
-
-def learned_state(name, params, stream, tasks):
-    s = strategies.build(name, params)
-    torch.manual_seed(0)
-    s.setup(strategies.build_model("mlp", {"hidden": [16]}, stream.spec), stream.spec, "cpu", seed=0)
-    for t in tasks:
-        s.learn(stream[t].training_view())
-    return s
-
-
-@pytest.mark.parametrize("name", ["maml", "metasgd"])
-def test_state_dict_resumes_exactly(name):
-    stream = scenarios.build("split-digits", {"num_tasks": 2}, seed=0)
-    params = {"meta_iterations": 3, "meta_batch_size": 2}
-    straight = learned_state(name, params, stream, [0, 1])
-    saved = copy.deepcopy(learned_state(name, params, stream, [0]).state_dict())
-    resumed = learned_state(name, params, stream, [])
-    resumed.load_state_dict(saved)
-    resumed.learn(stream[1].training_view())
-    for a, b in zip(straight.state_dict()["model"].values(), resumed.state_dict()["model"].values(), strict=True):
-        assert torch.equal(a, b)
-    if name == "metasgd":
-        assert all(torch.equal(straight.rates[n], resumed.rates[n]) for n in straight.rates)
 
 
 def test_maml_learns_sinusoids():

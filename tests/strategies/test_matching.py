@@ -1,4 +1,5 @@
-"""Matching Networks: the attention classifier, its states, training with global labels, learning."""
+"""Matching Networks: the attention classifier, its states, learning. (Training with global labels stays
+finite: tests/test_conformance.py, whose class- and task-incremental streams lack half the classes in task 1.)"""
 
 import math
 
@@ -48,15 +49,6 @@ def test_states_and_predictions():
         probs = class_probabilities(emb(eps.query_x), emb(eps.support_x), eps.support_y, 10, s.config.scale)
     assert torch.allclose(out[..., 2:4], probs[..., 2:4].log(), atol=1e-5)
     assert (out[..., [0, 1, *range(4, 10)]] < out[..., 2:4].amin(-1, keepdim=True)).all()
-
-
-def test_training_with_global_labels_keeps_gradients_finite():
-    # Task 1 holds digits 2 and 3 of a 10-way head: the other eight classes have probability 0.
-    stream = scenarios.build("split-digits", {"num_tasks": 2}, seed=0)
-    s = make(stream)
-    logs = s.learn(stream[1].training_view())
-    assert math.isfinite(logs["train_loss"])
-    assert all(torch.isfinite(p).all() for p in s.model.parameters())
 
 
 def test_matching_learns_split_digits():
