@@ -41,13 +41,19 @@ class SinusoidParams(Params):
 
     @model_validator(mode="after")
     def _consistent(self):
-        for name in ("amplitude", "phase", "frequency", "x_range"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ValueError(f"{name}: lower end {lo} is above upper end {hi}")
-        if self.shots + self.query > self.points:
-            raise ValueError(f"shots + query = {self.shots + self.query} exceeds points = {self.points}")
+        check_ranges(self, ("amplitude", "phase", "frequency", "x_range"))
         return self
+
+
+def check_ranges(params, ranges: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` when one of the ``(low, high)`` fields ``ranges`` of ``params`` is
+    reversed, or when an episode's ``shots + query`` exceed the ``points`` of a function."""
+    for name in ranges:
+        lo, hi = getattr(params, name)
+        if lo > hi:
+            raise ValueError(f"{name}: lower end {lo} is above upper end {hi}")
+    if params.shots + params.query > params.points:
+        raise ValueError(f"shots + query = {params.shots + params.query} exceeds points = {params.points}")
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:

@@ -66,12 +66,7 @@ class SwitchingSinusoidParams(Params):
 
     @model_validator(mode="after")
     def _consistent(self):
-        for name in ("amplitude", "phase", "x_range"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ValueError(f"{name}: lower end {lo} is above upper end {hi}")
-        if self.shots + self.query > self.points:
-            raise ValueError(f"shots + query = {self.shots + self.query} exceeds points = {self.points}")
+        sinusoid.check_ranges(self, ("amplitude", "phase", "x_range"))
         return self
 
 

@@ -17,6 +17,47 @@ from typing import Any
 import numpy as np
 
 
+class UnreadableFile(ValueError):
+    """A file that exists but cannot be read or parsed: ``str(err)`` is ``"<path>: <reason>"``,
+    and ``reason`` alone lets a caller word its own message."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``: the one reader of a run directory's JSON files.
+
+    Raises ``FileNotFoundError`` when it does not exist (callers say what that means) and
+    :class:`UnreadableFile` when it cannot be read, is not UTF-8 or is not JSON.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise UnreadableFile(path, f"cannot be read ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnreadableFile(path, f"not valid JSON ({err})") from None
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file ``path``, never unpickled (a crafted file cannot run
+    code): the one reader of a run directory's ``tensors.npz``.
+
+    Raises ``FileNotFoundError`` when it does not exist and :class:`UnreadableFile` when it is
+    not a readable ``.npz`` file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zipfile, zlib and numpy raise many kinds for a damaged file
+        raise UnreadableFile(path, f"not a readable .npz file ({type(err).__name__}: {err})") from None
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
 

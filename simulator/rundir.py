@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from simulator import metrics
-from simulator.files import atomic_write, config_hash, remove_temporaries, to_json
+from simulator.files import (UnreadableFile, atomic_write, config_hash, read_arrays, read_json, remove_temporaries,
+                             to_json)
 from simulator.report import INPUTS_FILE, write_report
 from simulator.results import RunResult
 
@@ -118,9 +119,10 @@ def write_config(out_dir: Path, experiment) -> None:
 def _read_config(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "config.json"
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-        raise RunDirError(f"{path} is damaged ({err}); the directory's experiment cannot be known: rerun with "
+        saved = read_json(path)
+    except (OSError, UnreadableFile) as err:
+        reason = err.reason if isinstance(err, UnreadableFile) else err.strerror or err
+        raise RunDirError(f"{path} is damaged ({reason}); the directory's experiment cannot be known: rerun with "
                           f"--overwrite to remove its results, or choose another --out") from None
     if not isinstance(saved, dict):
         raise RunDirError(f"{path} is not an experiment's config; rerun with --overwrite or choose another --out")
@@ -226,17 +228,18 @@ def read_results(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] 
         return None
     advice = "rerun with --overwrite to start again, or choose another --out"
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(document, dict) or not isinstance(document.get("runs"), list):
-            raise ValueError("not a results document")
-    except (OSError, ValueError) as err:
-        raise RunDirError(f"{path} is damaged ({err}); {advice}") from None
+        document = read_json(path)
+    except (OSError, UnreadableFile) as err:
+        reason = err.reason if isinstance(err, UnreadableFile) else err.strerror or err
+        raise RunDirError(f"{path} is damaged ({reason}); {advice}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("runs"), list):
+        raise RunDirError(f"{path} is damaged (not a results document); {advice}")
     try:
         tensors = load_tensors(out_dir)
     except FileNotFoundError:
         raise RunDirError(f"{out_dir / 'tensors.npz'} is missing while {path} lists runs; {advice}") from None
-    except Exception as err:  # noqa: BLE001 - numpy/zipfile raise many kinds for a damaged archive
-        raise RunDirError(f"{out_dir / 'tensors.npz'} is damaged ({type(err).__name__}: {err}); {advice}") from None
+    except UnreadableFile as err:
+        raise RunDirError(f"{out_dir / 'tensors.npz'} is damaged ({err.reason}); {advice}") from None
     for run in document["runs"]:
         if not isinstance(run, dict) or not {"strategy", "seed"} <= set(run):
             raise RunDirError(f"{path} is damaged (a run without strategy or seed); {advice}")
@@ -338,5 +341,4 @@ def write_run_dir(out_dir: Path, experiment, results, device: torch.device, comp
 def load_tensors(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The arrays of a run directory's ``tensors.npz`` keyed ``<strategy>/seed<seed>/<acc|loss>``
     (never unpickled: a crafted file cannot run code)."""
-    with np.load(Path(run_dir) / "tensors.npz", allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    return read_arrays(Path(run_dir) / "tensors.npz")

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from simulator import metrics, online_metrics
+from simulator.files import UnreadableFile, read_arrays, read_json
 from simulator.loggers import LogError, read_run_logs
 
 
@@ -140,13 +140,11 @@ class RunData:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     except FileNotFoundError:
         raise ReportError(f"{path}: missing; is {path.parent} a run directory written by `lifelong run`?") from None
-    except OSError as err:
-        raise ReportError(f"{path}: cannot be read ({err.strerror or err})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReportError(f"{path}: not valid JSON ({err})") from None
+    except UnreadableFile as err:
+        raise ReportError(str(err)) from None
 
 
 def _check_document(path: Path, document: Any) -> None:
@@ -207,12 +205,11 @@ def is_online(document: dict[str, Any]) -> bool:
 
 def _read_arrays(npz: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(npz, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        return read_arrays(npz)
     except FileNotFoundError:
         raise ReportError(f"{npz}: missing") from None
-    except Exception as err:  # noqa: BLE001 - zipfile, zlib and numpy raise many kinds for a damaged file
-        raise ReportError(f"{npz}: not a readable .npz file ({type(err).__name__}: {err})") from None
+    except UnreadableFile as err:
+        raise ReportError(str(err)) from None
 
 
 def load_run(run_dir: str | Path) -> RunData:

@@ -142,9 +142,8 @@ PARAMS = {"meta_iterations": 2, "inner_lr": 0.01, "gamma": 0.5}
 
 
 @pytest.mark.parametrize("stop_after", [11, 13])   # 11: just after a detected switch; 13: two batches buffered
-def test_resumes_mid_stream_bit_identical(tmp_path, one_thread, stop_after, stop_after_batches):
+def test_resumes_mid_stream_bit_identical(one_thread, stop_after, interrupted_online_run):
     import scenarios
-    from simulator.runner import Interrupted, StopRequest
 
     stream = scenarios.build("switching-sinusoid", {"length": 40, "hazard": 0.2}, seed=0)
     params = {**PARAMS, "max_buffer": 4}   # several outer updates and a non-empty buffer at the stop
@@ -155,13 +154,7 @@ def test_resumes_mid_stream_bit_identical(tmp_path, one_thread, stop_after, stop
         return strategy, strategies.build_model("mlp", {"hidden": [8]}, stream.spec)
 
     settings, online = EvalSettings(episodes=3, adapt_steps=1), OnlineSettings(eval_every=15)
-    clean = run_online(stream, *fresh(), seed=0, settings=settings, online=online)
-    checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
-    with pytest.raises(Interrupted, match=f"stopped after batch {stop_after}"):
-        run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                   identity={"test": 1}, stop=stop, progress=stop_after_batches(stop, stop_after))
-    resumed = run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                         identity={"test": 1}, resume=True)
+    clean, resumed = interrupted_online_run(stream, fresh, settings, online, batches=stop_after)
     assert resumed.online["correct"].tobytes() == clean.online["correct"].tobytes()
     assert resumed.acc.tobytes() == clean.acc.tobytes() and resumed.loss.tobytes() == clean.loss.tobytes()
 

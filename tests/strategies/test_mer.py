@@ -215,10 +215,9 @@ def test_hand_written_tanh_steps_equal_autograd_steps():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-10)
 
 
-def test_resumes_mid_stream_bit_identical(tmp_path, stop_after_batches):
+def test_resumes_mid_stream_bit_identical(interrupted_online_run):
     from simulator.evaluator import EvalSettings
-    from simulator.online import OnlineSettings, run_online
-    from simulator.runner import Interrupted, StopRequest
+    from simulator.online import OnlineSettings
 
     stream = scenarios.build("online", {"source": "split-digits", "source_params": {"num_tasks": 2},
                                         "examples_per_task": 40}, seed=0)
@@ -230,13 +229,7 @@ def test_resumes_mid_stream_bit_identical(tmp_path, stop_after_batches):
         return strategy, strategies.build_model("mlp", {"hidden": [8]}, strategy.model_spec(stream.spec))
 
     settings, online = EvalSettings(episodes=2, adapt_steps=1), OnlineSettings(eval_every=3)
-    clean = run_online(stream, *fresh(), seed=0, settings=settings, online=online)
-    checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
-    with pytest.raises(Interrupted, match="stopped after batch 5"):
-        run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                   identity={"test": 1}, stop=stop, progress=stop_after_batches(stop, 5))
-    resumed = run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                         identity={"test": 1}, resume=True)
+    clean, resumed = interrupted_online_run(stream, fresh, settings, online, batches=5)
     assert np.isfinite(clean.online["correct"]).all()
     assert resumed.online["correct"].tobytes() == clean.online["correct"].tobytes()
     assert resumed.acc.tobytes() == clean.acc.tobytes() and resumed.loss.tobytes() == clean.loss.tobytes()

@@ -248,8 +248,8 @@ def test_resume_mid_task_is_bit_identical(tmp_path, split, name):
     assert digest(resumed, resumed_strategy) == clean
 
 
-def test_online_run_resumes_mid_stream_bit_identical(tmp_path, stop_after_batches):
-    from simulator.online import OnlineSettings, run_online
+def test_online_run_resumes_mid_stream_bit_identical(interrupted_online_run):
+    from simulator.online import OnlineSettings
 
     stream = scenarios.build("online", {"source": "split-digits", "source_params": {"num_tasks": 2}}, seed=0)
 
@@ -259,14 +259,8 @@ def test_online_run_resumes_mid_stream_bit_identical(tmp_path, stop_after_batche
         return s, strategies.build_model("mlp", {"hidden": [8]}, s.model_spec(stream.spec))
 
     settings, online = EvalSettings(episodes=3, adapt_steps=1), OnlineSettings(eval_every=15)
-    clean = run_online(stream, *fresh(), seed=0, settings=settings, online=online)
+    clean, resumed = interrupted_online_run(stream, fresh, settings, online, batches=11)
     assert np.isfinite(clean.online["correct"]).all()
-    checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
-    with pytest.raises(Interrupted, match="stopped after batch 11"):
-        run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                   identity={"test": 1}, stop=stop, progress=stop_after_batches(stop, 11))
-    resumed = run_online(stream, *fresh(), seed=0, settings=settings, online=online, checkpoint=checkpoint,
-                         identity={"test": 1}, resume=True)
     assert resumed.online["correct"].tobytes() == clean.online["correct"].tobytes()
     assert resumed.acc.tobytes() == clean.acc.tobytes() and resumed.loss.tobytes() == clean.loss.tobytes()
 
