@@ -278,9 +278,10 @@ def list_main(name: str | None) -> int:
 LIST_PACKAGES = ("scenarios", "strategies")
 """The packages whose sources :func:`list_command` renders (with this module's and :data:`LIST_MODULES`)."""
 
-LIST_MODULES = ("simulator/config.py", "simulator/loggers.py")
+LIST_MODULES = ("simulator/config.py", "simulator/evaluator.py", "simulator/online.py", "simulator/loggers.py")
 """Further sources of :func:`list_command`, relative to the project: the experiment file's own
-keys, and the loggers that ``[logging] loggers`` may name."""
+keys, its ``[evaluation]`` and ``[online]`` tables, and the loggers that ``[logging] loggers``
+may name."""
 
 
 def _list_key() -> str:

@@ -77,8 +77,14 @@ def test_list_name_reads_the_cache_without_torch(tmp_path):
 
 
 def test_the_cache_key_covers_the_experiment_file_keys(monkeypatch, tmp_path):
-    """Editing simulator/config.py (where the top-level and [evaluation] keys live) renders the list again."""
-    assert "simulator/config.py" in cli.LIST_MODULES
+    """Editing a module that defines the experiment file's tables (simulator/config.py for the
+    top-level keys, evaluator.py for [evaluation], ...) renders the list again."""
+    from simulator.config import LoggingParams, TopLevel
+    from simulator.evaluator import EvalSettings
+    from simulator.online import OnlineSettings
+
+    for table in (TopLevel, EvalSettings, OnlineSettings, LoggingParams):
+        assert table.__module__.replace(".", "/") + ".py" in cli.LIST_MODULES, table
     before = cli._list_key()
     source = tmp_path / "simulator" / "config.py"
     source.parent.mkdir()
