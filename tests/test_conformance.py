@@ -46,8 +46,8 @@ low-amplitude sinusoids, with an MLP of one hidden layer of 8 units; every regis
 family (``scenarios.available()``) is built with small parameters. The ``avalanche.*`` baselines
 are included, on the class- and task-incremental streams (:data:`AVALANCHE_STREAMS`; importing
 avalanche-lib costs ~5 s once, each check then well under a second); ``-k "not avalanche"`` leaves
-them out. A contract violation known today is listed in
-:data:`KNOWN_VIOLATIONS` and runs as a strict xfail naming the rule.
+them out. A contract violation found and not yet fixed is listed in
+:data:`KNOWN_VIOLATIONS` (empty today) and runs as a strict xfail naming the rule.
 
 Adding a strategy needs nothing here: it is picked up from the registry and runs with its
 default options, or with the tiny options given in :data:`TINY` when its defaults are slow.
