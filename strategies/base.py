@@ -180,9 +180,6 @@ class Strategy:
         self.config = config if config is not None else self.Config()
         self.label = label or self.name
         self.model: nn.Module | None = None
-        # The training optimiser, when the strategy has one: state_dict saves it and
-        # load_state_dict restores it, so subclasses only create it in setup.
-        self.optimizer: torch.optim.Optimizer | None = None
         # Set by the runner for the length of one learn(task): makes the loops of task_loop.
         self.loop_factory = None
 
@@ -277,18 +274,19 @@ class Strategy:
         return per_episode(state.params, x)
 
     def state_dict(self) -> dict[str, Any]:
-        """Model weights, the RNG state and :attr:`optimizer`'s state when there is one;
-        subclasses add their other optimisers and memories."""
+        """Model weights, the RNG state and, when the strategy's ``self.optimizer`` is a
+        ``torch.optim.Optimizer`` (the training optimiser a subclass creates in ``setup``), its
+        state; subclasses add their other optimisers and memories."""
         state = {"model": self.model.state_dict(), "generator": self.generator.get_state()}
-        if self.optimizer is not None:
-            state["optimizer"] = self.optimizer.state_dict()
+        if isinstance(optimizer := getattr(self, "optimizer", None), torch.optim.Optimizer):
+            state["optimizer"] = optimizer.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.generator.set_state(state["generator"])
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        if isinstance(optimizer := getattr(self, "optimizer", None), torch.optim.Optimizer):
+            optimizer.load_state_dict(state["optimizer"])
 
     # -- the online protocol ------------------------------------------------------------------
     @classmethod

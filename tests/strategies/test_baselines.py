@@ -101,3 +101,34 @@ def test_baselines_train_on_relabelled_episodes_under_few_shot(name):
     xs, ys, mask = strategies.base.training_examples(strategy, stream[0].training_view())
     assert set(ys.unique().tolist()) == {0, 1, 2} and mask is None
     assert len(ys) >= len(stream[0].train)
+
+
+def test_the_base_state_dict_carries_the_training_optimiser_and_leaves_other_attributes_alone():
+    """``Strategy.state_dict`` saves ``self.optimizer`` when it is a torch optimiser (its Adam
+    moments come back on load), and ignores an attribute of that name that is something else."""
+    from strategies.base import Strategy
+
+    stream = scenarios.build("split-digits", {"num_tasks": 2}, seed=0)
+    trained = strategies.build("finetune", {"epochs": 1, "optimizer": "adam"})
+    trained.setup(strategies.build_model("mlp", {}, stream.spec), stream.spec, "cpu", seed=0)
+    trained.learn(stream[0].training_view())
+    state = trained.state_dict()
+    assert state["optimizer"]["state"], "the Adam moments are in the state_dict"
+    fresh = strategies.build("finetune", {"epochs": 1, "optimizer": "adam"})
+    fresh.setup(strategies.build_model("mlp", {}, stream.spec), stream.spec, "cpu", seed=1)
+    fresh.load_state_dict(copy.deepcopy(state))
+    moments = [s["exp_avg"] for s in fresh.optimizer.state_dict()["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(moments, [s["exp_avg"] for s in state["optimizer"]["state"].values()]))
+
+    class Custom(Strategy):
+        name = "custom"
+
+        def setup(self, model, spec, device, seed=0):
+            super().setup(model, spec, device, seed)
+            self.optimizer = {"kind": "not a torch optimiser"}
+
+    custom = Custom()
+    custom.setup(strategies.build_model("mlp", {}, stream.spec), stream.spec, "cpu")
+    assert "optimizer" not in custom.state_dict()
+    custom.load_state_dict(custom.state_dict())
+    assert custom.optimizer == {"kind": "not a torch optimiser"}
