@@ -29,17 +29,21 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMON = 'seeds = [0]\ndevice = "cpu"\nthreads = 1\n'
 SMALL_EVAL = "[evaluation]\nepisodes = 4\nadapt_steps = 2\n"
 
+MLP = '[model]\nname = "mlp"\nhidden = [32]\n'
+
+
+def experiment(scenario: str, strategies: str, model: str = MLP, online: str = "") -> str:
+    """A small experiment file: one seed on one CPU thread, 4 evaluation episodes and K = 2;
+    ``scenario`` is the body of its ``[scenario]`` table, ``strategies`` its strategy tables."""
+    return (COMMON + "[scenario]\n" + scenario + model + SMALL_EVAL
+            + (f"[online]\n{online}" if online else "") + strategies)
+
+
 EXPERIMENTS = {
-    "split-digits": COMMON + """
-[scenario]
-name = "split-digits"
+    "split-digits": experiment("""name = "split-digits"
 num_tasks = 3
 classes_per_task = 2
-[model]
-name = "mlp"
-hidden = [32]
-""" + SMALL_EVAL + """
-[strategies.finetune]
+""", """[strategies.finetune]
 epochs = 1
 [strategies.joint]
 epochs = 1
@@ -54,86 +58,54 @@ meta_iterations = 5
 [strategies.protomemory]
 embedding_dim = 10
 meta_iterations = 5
-""",
-    "rotated-digits": COMMON + """
-[scenario]
-name = "rotated-digits"
+"""),
+    "rotated-digits": experiment("""name = "rotated-digits"
 num_tasks = 3
-[model]
-name = "mlp"
-hidden = [32]
-""" + SMALL_EVAL + """
-[strategies.lamaml]
+""", """[strategies.lamaml]
 [strategies.mer]
 [strategies.oml]
 meta_iterations = 3
 [strategies.anml]
 meta_iterations = 3
-""",
-    "permuted-mnist": COMMON + """
-[scenario]
-name = "permuted-mnist"
+"""),
+    "permuted-mnist": experiment("""name = "permuted-mnist"
 num_tasks = 2
 train_per_task = 200
 test_per_task = 1000
-[model]
-name = "mlp"
-hidden = [32]
-""" + SMALL_EVAL + """
-[strategies.finetune]
+""", """[strategies.finetune]
 epochs = 1
-""",
-    "split-mnist": COMMON + """
-[scenario]
-name = "split-mnist"
+"""),
+    "split-mnist": experiment("""name = "split-mnist"
 num_tasks = 2
 protocol = "task-incremental"
 shuffle_classes = true
 train_per_class = 100
 test_per_class = 50
-[model]
-name = "mlp"
-hidden = [32]
-""" + SMALL_EVAL + """
-[strategies.finetune]
+""", """[strategies.finetune]
 epochs = 1
-""",
-    "split-fashion-mnist": COMMON + """
-[scenario]
-name = "split-fashion-mnist"
+"""),
+    "split-fashion-mnist": experiment("""name = "split-fashion-mnist"
 num_tasks = 2
-[model]
-name = "mlp"
-hidden = [32]
-""" + SMALL_EVAL + """
-[strategies.protomemory]
+""", """[strategies.protomemory]
 embedding_dim = 10
 meta_iterations = 5
-""",
-    "sinusoid": COMMON + """
-[scenario]
-name = "sinusoid"
+"""),
+    "sinusoid": experiment("""name = "sinusoid"
 num_tasks = 2
-[model]
-name = "mlp"
-hidden = [20, 20]
-""" + SMALL_EVAL + """
-[strategies.maml]
+""", """[strategies.maml]
 meta_iterations = 5
 [strategies.reptile]
 meta_iterations = 5
-""",
-    "omniglot-alphabets": COMMON + """
-[scenario]
-name = "omniglot-alphabets"
+""", model='''[model]
+name = "mlp"
+hidden = [20, 20]
+'''),
+    "omniglot-alphabets": experiment("""name = "omniglot-alphabets"
 num_tasks = 2
 ways = 5
 shots = 1
 query = 2
-[model]
-name = "conv4"
-""" + SMALL_EVAL + """
-[strategies.maml]
+""", """[strategies.maml]
 meta_iterations = 2
 meta_batch_size = 2
 [strategies.snail]
@@ -142,82 +114,54 @@ meta_batch_size = 2
 [strategies.leo]
 meta_iterations = 2
 meta_batch_size = 2
-""",
-    "online-rotated-digits": COMMON + """
-[scenario]
-name = "online"
+""", model='''[model]
+name = "conv4"
+'''),
+    "online-rotated-digits": experiment("""name = "online"
 source = "rotated-digits"
 source_params = { num_tasks = 2 }
 batch_size = 10
 examples_per_task = 100
-[model]
-name = "mlp"
-hidden = [32]
-""" + SMALL_EVAL + """
-[online]
-eval_every = 5
-[strategies.finetune]
+""", """[strategies.finetune]
 [strategies.lamaml]
 [strategies.mer]
 [strategies.continual_maml]
 meta_iterations = 3
-""",
-    "osaka": COMMON + """
-[scenario]
-name = "osaka"
+""", online="eval_every = 5\n"),
+    "osaka": experiment("""name = "osaka"
 ways = 5
 shots = 1
 length = 30
-[model]
-name = "mlp"
-hidden = [32]
-""" + SMALL_EVAL + """
-[online]
-eval_every = 10
-[strategies.continual_maml]
+""", """[strategies.continual_maml]
 meta_iterations = 3
 [strategies.protomemory]
 embedding_dim = 10
 meta_iterations = 3
-""",
-    "schedule": COMMON + """
-[scenario]
-name = "schedule"
+""", online="eval_every = 10\n"),
+    "schedule": experiment("""name = "schedule"
 parts = [{ name = "rotated-digits", num_tasks = 2 }, { name = "permuted-digits", num_tasks = 2 }]
 order = "seeded"
 sequence = [0, 1, 2, 0]
-[model]
-name = "mlp"
-hidden = [32]
-""" + SMALL_EVAL + """
-[strategies.finetune]
+""", """[strategies.finetune]
 epochs = 1
-""",
-    "omniglot-fewshot": COMMON + """
-[scenario]
-name = "omniglot-fewshot"
+"""),
+    "omniglot-fewshot": experiment("""name = "omniglot-fewshot"
 query = 2
-[model]
-name = "conv4"
-""" + SMALL_EVAL + """
-[strategies.reptile]
+""", """[strategies.reptile]
 meta_iterations = 2
 meta_batch_size = 2
-""",
-    "switching-sinusoid": COMMON + """
-[scenario]
-name = "switching-sinusoid"
+""", model='''[model]
+name = "conv4"
+'''),
+    "switching-sinusoid": experiment("""name = "switching-sinusoid"
 length = 60
-[model]
-name = "mlp"
-hidden = [20, 20]
-""" + SMALL_EVAL + """
-[online]
-eval_every = 20
-[strategies.maml]
+""", """[strategies.maml]
 meta_iterations = 3
 [strategies.finetune]
-""",
+""", model='''[model]
+name = "mlp"
+hidden = [20, 20]
+''', online="eval_every = 20\n"),
 }
 
 

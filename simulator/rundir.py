@@ -116,13 +116,17 @@ def write_config(out_dir: Path, experiment) -> None:
     _commit(out_dir / "config.json", json.dumps(experiment.resolved(), indent=2).encode())
 
 
+def _why(err: OSError | UnreadableFile) -> str:
+    """What :func:`~simulator.files.read_json` met, without the path (the message names it)."""
+    return err.reason if isinstance(err, UnreadableFile) else str(err.strerror or err)
+
+
 def _read_config(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "config.json"
     try:
         saved = read_json(path)
     except (OSError, UnreadableFile) as err:
-        reason = err.reason if isinstance(err, UnreadableFile) else err.strerror or err
-        raise RunDirError(f"{path} is damaged ({reason}); the directory's experiment cannot be known: rerun with "
+        raise RunDirError(f"{path} is damaged ({_why(err)}); the directory's experiment cannot be known: rerun with "
                           f"--overwrite to remove its results, or choose another --out") from None
     if not isinstance(saved, dict):
         raise RunDirError(f"{path} is not an experiment's config; rerun with --overwrite or choose another --out")
@@ -230,8 +234,7 @@ def read_results(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] 
     try:
         document = read_json(path)
     except (OSError, UnreadableFile) as err:
-        reason = err.reason if isinstance(err, UnreadableFile) else err.strerror or err
-        raise RunDirError(f"{path} is damaged ({reason}); {advice}") from None
+        raise RunDirError(f"{path} is damaged ({_why(err)}); {advice}") from None
     if not isinstance(document, dict) or not isinstance(document.get("runs"), list):
         raise RunDirError(f"{path} is damaged (not a results document); {advice}")
     try:
@@ -256,8 +259,8 @@ ONLINE_ARRAYS = {"online_correct": "correct", "online_pool": "pool", "online_swi
 
 def run_arrays(r) -> dict[str, np.ndarray]:
     """The arrays ``tensors.npz`` keeps of one run: ``acc`` and ``loss``; for an online run also
-    the anytime tensors (the same arrays, under the names of docs/design.md ("The online loop")) and the
-    per-batch scores, pools, switches and task ids."""
+    the anytime tensors (the same arrays, under the names of docs/design.md, "The online loop")
+    and the per-batch scores, pools, switches and task ids."""
     key = f"{r.strategy}/seed{r.seed}"
     arrays = {f"{key}/acc": r.acc, f"{key}/loss": r.loss}
     if r.online is not None:

@@ -60,9 +60,10 @@ class Column:
         return self.better == "lower" or (self.better == "level" and regression)
 
 
-def metric_column(key: str) -> Column:
-    """The column of the scalar metric ``key``, headed as :data:`simulator.metrics.METRICS` says."""
-    info = metrics.METRICS[key]
+def metric_column(key: str, table: dict[str, metrics.MetricInfo] = metrics.METRICS) -> Column:
+    """The column of the metric ``key``, headed as ``table`` (:data:`simulator.metrics.METRICS`,
+    or :data:`simulator.online_metrics.SHOWN_METRICS` for the online ones) says."""
+    info = table[key]
     return Column(key, info.header, info.header_regression, info.better)
 
 
@@ -658,18 +659,12 @@ def run_sections(run: RunData, prefix: str = "", draw: bool = True,
 
 # Online runs -----------------------------------------------------------------------------
 
-def online_column(key: str) -> Column:
-    """The column of the online metric ``key``, headed as :data:`simulator.online_metrics.SHOWN_METRICS` says."""
-    info = SHOWN_METRICS[key]
-    return Column(key, info.header, info.header_regression, info.better)
-
-
 ONLINE_COLUMNS = (
-    online_column("online_accuracy"),
-    online_column("recovery_auc"),
-    online_column("forgetting"),
+    metric_column("online_accuracy", SHOWN_METRICS),
+    metric_column("recovery_auc", SHOWN_METRICS),
+    metric_column("forgetting", SHOWN_METRICS),
     Column("forgetting_kK", "Anytime forgetting, k = K", "Anytime forgetting, k = K", "lower"),
-    online_column("ood_drop"),
+    metric_column("ood_drop", SHOWN_METRICS),
     Column("total_seconds", "Run s", "Run s", "lower", cost=True),
     COST_COLUMNS[2],
 )
