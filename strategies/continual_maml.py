@@ -41,7 +41,8 @@ Defaults are those of the authors' best C-MAML-with-PAP configuration on Omniglo
 ``prob_statio`` 0.9 (``Config/Best_params/omniglot_p0.9.json``, ``ours_pre_kwto_acc``:
 ``cl_accumulate`` true, ``cl_strategy`` ``loss_smooth`` with threshold 0.25 = ``modulation``,
 ``cl_tbd_thres`` 2.0 = ``gamma``); its ``prob_statio`` 0.98 counterpart uses ``gamma`` 2.5.
-Step sizes, inner steps and the meta-learning rate are MAML's options.
+Step sizes, inner steps and the meta-learning rate are MAML's options; ``meta_lr_schedule``
+shapes pre-training only, and every online outer update takes ``meta_lr``.
 
 **Where we differ from OSAKA's code** (github.com/ElementAI/osaka, branch ``camera_ready``,
 ``MAML/metalearners/maml.py``, ``observe_accumulate``):
@@ -92,6 +93,7 @@ from scenarios.base import Episodes
 from strategies.base import check_finite, task_loss
 from strategies.episodic import fast_weights
 from strategies.maml import MAML, MAMLConfig
+from strategies.training import set_lr
 
 
 class ContinualMAMLConfig(MAMLConfig):
@@ -179,6 +181,9 @@ class ContinualMAML(MAML):
         check_finite(loss, self.label, "online", self.online_step)
         weight = 1.0 if c.modulation is None else 1 - torch.exp(-c.modulation * loss.detach())
         (weight * loss).backward()
+        # meta_lr_schedule shapes pre-training only: without this, a cosine schedule would leave
+        # every online update at the last, near-zero rate of the last pre-training task.
+        set_lr(self.optimizer, c.meta_lr)
         self.optimizer.step()
         self.counts["outer_updates"] += 1
         return float(loss.detach())

@@ -3,7 +3,9 @@
 :class:`EmbeddingConfig` holds their common options and :class:`EmbeddingStrategy` their
 set-up and training loop: a registered backbone built with ``embedding_dim`` outputs,
 batch-statistics BatchNorm, ``meta_iterations`` Adam steps on episodes of each task, each
-through the subclass's :meth:`EmbeddingStrategy.episode_loss`. :func:`embed` embeds a batch of
+through the subclass's :meth:`EmbeddingStrategy.episode_loss`, at the rate ``lr``, or lowered
+from it along a half cosine over each task's steps with ``lr_schedule = "cosine"``
+(:func:`~strategies.training.scheduled_lr`). :func:`embed` embeds a batch of
 episodes, :func:`class_sums` sums embeddings per class, :func:`fill_absent` keeps classes
 without a prototype out of every argmax, and :class:`LastBatchSupport` is the online
 behaviour of the strategies that read a support set.
@@ -29,6 +31,7 @@ from torch.func import functional_call, vmap
 from scenarios.base import Episodes, StreamSpec, Task
 from strategies.backbones import use_batch_statistics
 from strategies.base import Strategy, StrategyConfig, check_finite
+from strategies.training import LRSchedule, schedule_field, scheduled_lr, set_lr
 
 
 class EmbeddingConfig(StrategyConfig):
@@ -37,6 +40,7 @@ class EmbeddingConfig(StrategyConfig):
     adapt_lr: Literal[None] = Field(None, description="not used: these strategies adapt without gradient steps")
     embedding_dim: int = Field(64, gt=0, description="output size of a registered backbone: the embedding width")
     lr: float = Field(0.001, gt=0, description="Adam learning rate of the embedding network")
+    lr_schedule: LRSchedule = schedule_field("lr")
     meta_iterations: int = Field(100, gt=0, description="episodic training steps on each task")
     meta_batch_size: int = Field(4, gt=0, description="episodes per training step")
     shots: int | None = Field(None, gt=0, description="support items per class of a training episode "
@@ -116,10 +120,11 @@ class EmbeddingStrategy(Strategy):
         self.model.train()
         loop = self.task_loop(total=torch.zeros((), device=self.device))
         total = loop.carry["total"]
-        for _ in loop.steps(c.meta_iterations):
+        for step in loop.steps(c.meta_iterations):
             eps = task.episodes("train", c.meta_batch_size, c.shots or self.spec.shots, c.query or self.spec.query,
                                 self.generator).to(self.device)
             loss = self.episode_loss(eps)
+            set_lr(self.optimizer, scheduled_lr(c.lr, c.lr_schedule, step, c.meta_iterations))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

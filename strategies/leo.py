@@ -36,8 +36,9 @@ support set through a low-dimensional **latent code per class** and adapts in th
    difference between the correlation matrix of the decoder's weight vectors (one per latent
    dimension) and the identity. Each of ``meta_iterations`` meta-updates draws
    ``meta_batch_size`` episodes of the task with the strategy's generator and takes one Adam
-   step (``lr``) on every parameter, after clipping each gradient element to ``clip_value`` and
-   then each parameter tensor's gradient to the norm ``clip_norm`` (the authors' code). The
+   step (``lr``, or its cosine schedule with ``lr_schedule``) on every parameter, after clipping
+   each gradient element to ``clip_value`` and then each parameter tensor's gradient to the norm
+   ``clip_norm`` (the authors' code). The
    meta-gradient is exact: second order through the inner loop.
 
 **The embedding is trained jointly** with LEO's own parameters, end to end: the meta-gradient
@@ -134,6 +135,7 @@ from torch import Tensor, nn
 from scenarios.base import Episodes, StreamSpec, Support, Task
 from strategies.base import check_finite
 from strategies.embedding import EmbeddingConfig, EmbeddingStrategy, class_sums, embed, fill_absent
+from strategies.training import scheduled_lr, set_lr
 
 RELATION_CHUNK = 2**22
 """Pair scores (episodes x support items^2 x 2 latent_dim values) the relation network computes at
@@ -439,10 +441,11 @@ class LEO(EmbeddingStrategy):
         zero = torch.zeros((), device=self.device)
         loop = self.task_loop(objective=zero.clone(), loss=zero.clone(), accuracy=zero.clone())
         carry = loop.carry
-        for _ in loop.steps(c.meta_iterations):
+        for step in loop.steps(c.meta_iterations):
             episodes = task.episodes("train", c.meta_batch_size, c.shots or self.spec.shots,
                                      c.query or self.spec.query, self.generator).to(self.device)
             objective, loss, accuracy = self.meta_loss(episodes)
+            set_lr(self.optimizer, scheduled_lr(c.lr, c.lr_schedule, step, c.meta_iterations))
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
             clip_gradients(params, c.clip_value, c.clip_norm)

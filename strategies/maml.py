@@ -4,7 +4,9 @@ On each task of the stream, MAML makes ``meta_iterations`` meta-updates. Each on
 ``meta_batch_size`` episodes from the task's training source (with the strategy's own
 generator), adapts a copy of the parameters to every episode's support set with
 ``inner_steps`` gradient steps of size ``inner_lr``, and moves the initialisation with Adam
-(``meta_lr``) along the gradient of the mean query loss of the adapted copies.
+(``meta_lr``) along the gradient of the mean query loss of the adapted copies. Adam's rate
+stays ``meta_lr`` unless ``meta_lr_schedule = "cosine"``, which lowers it along a half cosine
+towards 0 over each task's meta-updates (:func:`~strategies.training.scheduled_lr`).
 
 The inner loops of a meta-batch run together: for a model of the layers that
 :mod:`strategies.batched` covers (``mlp``, ``conv4``), :func:`~strategies.episodic.meta_objective` expands the
@@ -54,10 +56,12 @@ from torch import Tensor, nn
 from scenarios.base import Episodes, StreamSpec, Task
 from strategies.base import check_finite
 from strategies.episodic import EpisodicConfig, EpisodicStrategy, meta_backward, meta_objective
+from strategies.training import LRSchedule, schedule_field, scheduled_lr, set_lr
 
 
 class MAMLConfig(EpisodicConfig):
     meta_lr: float = Field(0.001, gt=0, description="Adam learning rate of the meta-update")
+    meta_lr_schedule: LRSchedule = schedule_field("meta_lr")
     first_order: bool = Field(False, description="FOMAML: treat the inner gradients as constants")
     anil: bool = Field(False, description="ANIL: the inner loop adapts only the head (the last nn.Linear)")
 
@@ -105,8 +109,9 @@ class MAML(EpisodicStrategy):
         self.model.train()
         loop = self.task_loop(total=torch.zeros((), device=self.device))
         total = loop.carry["total"]
-        for _ in loop.steps(c.meta_iterations):
+        for step in loop.steps(c.meta_iterations):
             episodes = self.episodes(task)
+            set_lr(self.optimizer, scheduled_lr(c.meta_lr, c.meta_lr_schedule, step, c.meta_iterations))
             self.optimizer.zero_grad(set_to_none=True)
             loop.loss = meta_backward(self.meta_loss, episodes, c.chunk_size)
             loop.report(meta_loss=loop.loss)  # for the run's logs: kept on the device, read at their interval

@@ -81,6 +81,27 @@ class StopAfterBatches:
         pass
 
 
+class StopInsideTask:
+    """A progress hook for ``run`` that requests a stop (as SIGINT would) at iteration ``position``
+    of task ``task``'s learn loop; the runner then checkpoints mid-task and raises ``Interrupted``."""
+
+    def __init__(self, stop, task: int, position: int):
+        self.stop, self.task, self.position, self.current = stop, task, position, None
+
+    def task_loop(self, loop, task: int, name: str) -> None:
+        self.current = task
+
+    def step(self, loop) -> None:
+        if self.current == self.task and loop.position == self.position:
+            self.stop.requested = True
+
+
+@pytest.fixture
+def stop_inside_task():
+    """``stop_inside_task(stop, task, position)``: a :class:`StopInsideTask` hook."""
+    return StopInsideTask
+
+
 @pytest.fixture
 def stop_after_batches():
     """``stop_after_batches(stop, n)``: a :class:`StopAfterBatches` hook."""

@@ -113,7 +113,13 @@ def test_helpers_leave_ctrl_c_to_the_calling_process(three_processes):
         time.sleep(0.05)
         return str(signal.getsignal(signal.SIGINT) is signal.SIG_IGN).encode() + f":{os.getpid()}".encode()
 
-    seen = {tuple(p.split(b":")) for p in figures.draw_all([handler_in_use for _ in range(8)])}
+    # A process started in the background by a shell ignores SIGINT from its start; the calling
+    # process must keep whatever it had, so give it Python's own handler for the test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        seen = {tuple(p.split(b":")) for p in figures.draw_all([handler_in_use for _ in range(8)])}
+    finally:
+        signal.signal(signal.SIGINT, previous)
     here = [ignored for ignored, pid in seen if int(pid) == os.getpid()]
     helpers = [ignored for ignored, pid in seen if int(pid) != os.getpid()]
     assert helpers and all(i == b"True" for i in helpers) and all(i == b"False" for i in here)

@@ -190,21 +190,7 @@ def test_vectorised_adapt_equals_a_loop_over_episodes(scenario):
 
 # -- checkpoints -----------------------------------------------------------------
 
-class StopInsideTask:
-    """A progress hook that requests a stop (as SIGINT would) at iteration ``position`` of task ``task``."""
-
-    def __init__(self, stop, task: int, position: int):
-        self.stop, self.task, self.position, self.current = stop, task, position, None
-
-    def task_loop(self, loop, task: int, name: str) -> None:
-        self.current = task
-
-    def step(self, loop) -> None:
-        if self.current == self.task and loop.position == self.position:
-            self.stop.requested = True
-
-
-def test_resume_mid_learn_is_bit_identical(tmp_path):
+def test_resume_mid_learn_is_bit_identical(tmp_path, stop_inside_task):
     from simulator.runner import Interrupted, StopRequest
 
     stream = scenarios.build("split-digits", {"num_tasks": 2}, seed=0)
@@ -221,7 +207,7 @@ def test_resume_mid_learn_is_bit_identical(tmp_path):
     checkpoint, stop = tmp_path / "ckpt.pt", StopRequest()
     with pytest.raises(Interrupted, match="inside task 1"):
         run(stream, *fresh(), 0, settings, checkpoint=checkpoint, identity={"test": 1}, stop=stop,
-            progress=StopInsideTask(stop, task=1, position=2))
+            progress=stop_inside_task(stop, task=1, position=2))
     resumed_strategy, model = fresh()
     resumed = run(stream, resumed_strategy, model, 0, settings, checkpoint=checkpoint, identity={"test": 1},
                   resume=True)

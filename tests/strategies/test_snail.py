@@ -210,22 +210,8 @@ def digest(result, strategy) -> str:
     return h.hexdigest()
 
 
-class _StopInTask:
-    """Requests a stop after iteration ``at`` of task ``task``'s learn loop."""
-
-    def __init__(self, stop, task, at):
-        self.stop, self.task, self.at, self.current = stop, task, at, None
-
-    def task_loop(self, loop, task, name):
-        self.current = task
-
-    def step(self, loop):
-        if self.current == self.task and loop.position == self.at:
-            self.stop.requested = True
-
-
 @pytest.mark.parametrize("name", ["split", "few-shot"])
-def test_resume_mid_task_is_bit_identical(tmp_path, split, name):
+def test_resume_mid_task_is_bit_identical(tmp_path, split, name, stop_inside_task):
     stream = split if name == "split" else few_shot_stream()
     params = {"meta_iterations": 5, "meta_batch_size": 2, **SMALL}
 
@@ -241,7 +227,7 @@ def test_resume_mid_task_is_bit_identical(tmp_path, split, name):
     task = len(stream) - 1
     with pytest.raises(Interrupted, match=f"stopped inside task {task} .* at iteration 2 of 5"):
         run(stream, *fresh(), 0, settings, checkpoint=checkpoint, identity={"test": 1}, stop=stop,
-            progress=_StopInTask(stop, task, 2))
+            progress=stop_inside_task(stop, task, 2))
     resumed_strategy, model = fresh()
     resumed = run(stream, resumed_strategy, model, 0, settings, checkpoint=checkpoint, identity={"test": 1},
                   resume=True)
