@@ -390,9 +390,13 @@ class Family:
     """A registered stream family: a pydantic parameter model and a builder.
 
     ``build(params, seed)`` must return a :class:`Stream` that depends only on its arguments.
+    ``version`` counts the changes that made the same parameters and seed build other data; above
+    1 it enters the resolved experiment (``stream_version``), so that a run directory or checkpoint
+    written with an older version is refused instead of resumed on different tasks.
     """
 
     name: str
     params: type
     build: Callable[[Any, int], Stream]
     description: str
+    version: int = 1

@@ -192,5 +192,6 @@ def build(params: ScheduleParams, seed: int) -> Stream:
     return recurring(stream, positions * params.cycles)
 
 
+# version 2: the parts after the first draw their seeds with the salt SCHEDULE_PARTS (13), not 11
 SCHEDULE = Family("schedule", ScheduleParams, build,
-                  "concatenated streams (parts), with task order from the seed and recurring tasks")
+                  "concatenated streams (parts), with task order from the seed and recurring tasks", version=2)

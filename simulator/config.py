@@ -182,9 +182,13 @@ class Experiment:
     logging: LoggingSettings = LoggingSettings()
 
     def resolved(self) -> dict[str, Any]:
+        scenario = {"name": self.scenario_name, **self.scenario_params.model_dump()}
+        version = scenarios.family(self.scenario_name).version
+        if version > 1:  # absent at version 1, so that the experiments of other families keep their hash
+            scenario["stream_version"] = version
         return {
             "name": self.name, "seeds": list(self.seeds), "device": self.device, "threads": self.threads,
-            "scenario": {"name": self.scenario_name, **self.scenario_params.model_dump()},
+            "scenario": scenario,
             "evaluation": self.evaluation.model_dump(),
             "online": self.online.model_dump(),
             "logging": {"loggers": list(self.logging.loggers), "every": self.logging.every},

@@ -198,9 +198,12 @@ def prepare(out_dir: Path, experiment, resume: bool, overwrite: bool) -> list:
     saved, now = _read_config(out_dir), to_json(experiment.resolved())
     if config_hash(saved) != config_hash(now):
         differ = _differences(saved, now)
+        versions = (f"; this version of the {now['scenario']['name']!r} stream family builds tasks that differ "
+                    f"from those its runs were made on (same parameters and seed), so they cannot be continued"
+                    if any(d.startswith("scenario.stream_version ") for d in differ) else "")
         raise RunDirError(f"{out_dir} holds another experiment ({'; '.join(differ[:4])}"
-                          f"{'; ...' if len(differ) > 4 else ''} differ); choose another --out, or rerun with "
-                          f"--overwrite to remove its results first")
+                          f"{'; ...' if len(differ) > 4 else ''} differ){versions}; choose another --out, or rerun "
+                          f"with --overwrite to remove its results first")
     finished = load_finished(out_dir, experiment)
     checkpoints = sorted((out_dir / "checkpoints").glob("*")) if (out_dir / "checkpoints").is_dir() else []
     if not resume and (finished or checkpoints):

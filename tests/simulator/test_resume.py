@@ -75,3 +75,30 @@ def test_full_disk_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):
     # tensors.npz is committed first, so it may hold the run results.json does not list yet
     assert {"finetune/seed0/acc", "finetune/seed0/loss"} <= set(load_tensors(out))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_refuses_a_run_made_on_an_older_version_of_its_stream_family(tmp_path, capsys):
+    # The schedule family's version 2 seeds its later parts differently: a directory written by
+    # version 1 (whose config.json had no stream_version) must not be continued on the new tasks.
+    schedule = {"name": "schedule", "parts": [split_digits(2), split_digits(2)]}
+    exp = write_experiment(tmp_path, experiment_toml("scheduled", scenario=schedule, model={"hidden": [16]},
+                                                     evaluation={"episodes": 2, "adapt_steps": 1},
+                                                     strategies={"joint": ONE_EPOCH}))
+    out = tmp_path / "out"
+    assert cli.main(["run", str(exp), "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["scenario"]["stream_version"] == 2
+    del config["scenario"]["stream_version"]                     # as version 1 wrote it
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    capsys.readouterr()
+    assert cli.main(["run", str(exp), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "scenario.stream_version (None there, 2 now)" in err
+    assert "this version of the 'schedule' stream family builds tasks that differ from those its runs" in err
+    assert "Traceback" not in err
+
+
+def test_families_at_version_1_write_no_stream_version(tmp_path):
+    exp = write_experiment(tmp_path, EXPERIMENT)
+    assert cli.main(["run", str(exp), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "stream_version" not in json.loads((tmp_path / "out" / "config.json").read_text())["scenario"]
