@@ -6,9 +6,8 @@ K query points per function in meta-training (as in Finn et al.'s code); one inn
 alpha = 0.01; meta-batch 25; Adam with learning rate 0.001; 70,000 meta-iterations.
 
 Everything goes through the public API: ``scenarios.build("sinusoid", ...)`` for the
-functions, ``strategies.build("maml", ...)`` and its ``learn`` for meta-training (called on
-blocks of ``--log-every`` meta-iterations, so the run prints its progress; the optimiser and
-the sampler carry over between blocks; ``benchmarks/metatrain.py``), and the
+functions, ``strategies.build("maml", ...)`` and its ``learn`` for meta-training (one call,
+printing its progress every ``--log-every`` meta-iterations; ``benchmarks/metatrain.py``), and the
 :class:`~simulator.evaluator.Evaluator`'s held-out episodes, scored per episode by
 ``Evaluator.episode_scores`` (whose mean is the row ``lifelong run`` records) for the test curve.
 
@@ -68,7 +67,7 @@ def test_curve(strategy, evaluator: Evaluator, steps: int) -> tuple[np.ndarray, 
 def reproduce(shots: int, args) -> dict:
     stream = build_stream(shots, args.train_functions, args.test_tasks, args.eval_query, args.seed)
     maml = strategies.build("maml", {"inner_lr": 0.01, "inner_steps": 1, "meta_batch_size": 25, "meta_lr": 0.001,
-                                     "meta_iterations": min(args.log_every, args.iterations)})
+                                     "meta_iterations": args.iterations})
     torch.manual_seed(args.seed)  # the initial weights, as the runner seeds them
     maml.setup(strategies.build_model("mlp", {"hidden": [40, 40]}, stream.spec), stream.spec, "cpu", seed=args.seed)
     print(f"K = {shots}: {args.iterations} meta-iterations on {args.train_functions} training functions", flush=True)

@@ -17,35 +17,45 @@ sys.path.insert(0, str(BENCHMARKS))
 from metatrain import meta_train  # noqa: E402
 
 
-def trained_maml(blocks: int | None):
-    """MAML after 7 meta-iterations on split-digits: in one ``learn`` call, or in blocks."""
+SCHEDULED = {  # strategies whose steps depend on the iteration's place in the task
+    "maml": {"meta_batch_size": 3, "inner_steps": 1, "meta_lr_schedule": "cosine"},
+    "protomemory": {"meta_batch_size": 2, "embedding_dim": 8, "lr_schedule": "cosine"},
+    "reptile": {"meta_batch_size": 2, "inner_steps": 2, "epsilon_final": 0.0},
+}
+
+
+def trained(name: str, progress_every: int | None):
+    """The strategy after 7 meta-iterations on split-digits: one ``learn`` call, or ``meta_train``."""
     stream = scenarios.build("split-digits", {"num_tasks": 1, "protocol": "task-incremental"}, seed=0)
-    maml = strategies.build("maml", {"meta_iterations": blocks or 7, "meta_batch_size": 3, "inner_steps": 1})
+    s = strategies.build(name, {**SCHEDULED[name], "meta_iterations": 7})
     torch.manual_seed(0)
-    maml.setup(strategies.build_model("mlp", {"hidden": [16]}, stream.spec), stream.spec, "cpu", seed=0)
+    s.setup(strategies.build_model("mlp", {"hidden": [16]}, s.model_spec(stream.spec)), stream.spec, "cpu", seed=0)
     task = stream[0].training_view()
-    if blocks is None:
-        maml.learn(task)
+    if progress_every is None:
+        s.learn(task)
     else:
-        meta_train(maml, task, 7, blocks)
-    return maml
+        meta_train(s, task, 7, progress_every)
+    return s
 
 
-def test_meta_training_in_blocks_takes_the_same_steps_as_one_learn_call(capsys):
-    whole, blocked = trained_maml(None), trained_maml(3)
-    for (name, a), b in zip(whole.model.state_dict().items(), blocked.model.state_dict().values()):
-        assert torch.equal(a, b), name
-    assert torch.equal(whole.generator.get_state(), blocked.generator.get_state())
+@pytest.mark.parametrize("name", sorted(SCHEDULED))
+def test_meta_training_with_progress_takes_the_steps_of_one_learn_call(name, capsys):
+    # With a schedule, learn called on blocks of 3 would restart it twice and differ from this.
+    whole, shown = trained(name, None), trained(name, 3)
+    for (key, a), b in zip(whole.model.state_dict().items(), shown.model.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert torch.equal(whole.generator.get_state(), shown.generator.get_state())
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["3", "6", "7"]      # one progress line per block
-    assert "(mean of the last 1)" in lines[-1]
+    assert [line.split()[0] for line in lines] == ["3", "6", "7"]      # a progress line every 3, and the last
+    assert "(mean of the last 3)" in lines[0] and "(mean of the last 1)" in lines[-1]
+    assert shown.config.meta_iterations == 7
 
 
 def test_omniglot_reproduction_runs_end_to_end_on_a_tiny_budget(data_root, tmp_path):
     rows = tmp_path / "rows.jsonl"
     command = [sys.executable, str(BENCHMARKS / "reproduce_omniglot.py"), "--methods", "protonet", "maml",
                "--ways", "5", "--shots", "1", "--budget", "cpu", "--meta-iterations", "2", "--log-every", "1",
-               "--episodes", "12", "--chunk", "5", "--device", "cpu", "--data-root", str(data_root),
+               "--lr-schedule", "cosine", "--meta-lr-schedule", "cosine", "--episodes", "12", "--chunk", "5", "--device", "cpu", "--data-root", str(data_root),
                "--json", str(rows)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -55,8 +65,12 @@ def test_omniglot_reproduction_runs_end_to_end_on_a_tiny_budget(data_root, tmp_p
     assert protonet["train_ways"] == 60 and maml["train_ways"] == 5               # the papers' training episodes
     assert protonet["published"] == 98.8 and maml["published"] == 98.7
     assert maml["params"]["inner_lr"] == 0.4 and maml["params"]["meta_batch_size"] == 16
+    # each override reaches the strategies that have the option, and only those
+    assert protonet["budget"] == "cpu + meta_iterations=2, lr_schedule=cosine"
+    assert maml["budget"] == "cpu + meta_iterations=2, meta_lr_schedule=cosine"
+    assert protonet["params"]["lr_schedule"] == maml["params"]["meta_lr_schedule"] == "cosine"
     for r in results:
-        assert r["budget"] == "cpu + meta_iterations=2" and r["params"]["meta_iterations"] == 2
+        assert r["params"]["meta_iterations"] == 2
         assert r["test_episodes"] == 12 and r["device"] == "cpu" and r["seed"] == 0
         assert len(r["accuracy_by_step"]) == r["adapt_steps"] + 1
         assert r["accuracy"] == pytest.approx(r["accuracy_by_step"][-1])
@@ -74,6 +88,7 @@ def test_omniglot_reproduction_runs_end_to_end_on_a_tiny_budget(data_root, tmp_p
      "row reptile 5-way 10-shot (cpu budget): query: Input should be greater than 0"),
     (["--methods", "maml", "--inner-lr", "-1"], "row maml 5-way 1-shot (cpu + inner_lr=-1.0 budget): inner_lr: "),
     (["--data-root", "{tmp}/nothing-here"], "nothing-here"),
+    (["--lr-schedule", "linear"], "argument --lr-schedule: invalid choice: 'linear'"),
 ])
 def test_omniglot_reproduction_refuses_bad_input_before_training(options, message, tmp_path):
     options = [o.replace("{tmp}", str(tmp_path)) for o in options]
