@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from strategies.base import TaskLoop
 
@@ -29,17 +30,18 @@ def meta_train(strategy, task, iterations: int, log_every: int) -> tuple[float, 
     is left at ``iterations``.
     """
     wall, cpu = time.perf_counter(), time.process_time()
-    block = {"sum": 0.0, "count": 0}
-    loops: list[TaskLoop] = []
+    # The block's losses are summed where they are (on the GPU there): one host read per line.
+    block: dict[str, Any] = {"sum": 0.0, "count": 0}
+    current: dict[str, TaskLoop] = {}
 
     def line(done: int) -> None:
-        print(f"  {done:>7} iterations  loss {block['sum'] / block['count']:.3f} (mean of the last "
+        print(f"  {done:>7} iterations  loss {float(block['sum']) / block['count']:.3f} (mean of the last "
               f"{block['count']})  {time.perf_counter() - wall:7.0f} s  cpu {time.process_time() - cpu:7.0f} s  "
               f"load {os.getloadavg()[0]:.2f}", flush=True)
         block.update(sum=0.0, count=0)
 
     def add(loop: TaskLoop) -> None:
-        block["sum"] += float(loop.loss)
+        block["sum"] = block["sum"] + loop.loss.detach()
         block["count"] += 1
 
     def after_step(loop: TaskLoop) -> None:    # after every iteration but the last
@@ -48,8 +50,8 @@ def meta_train(strategy, task, iterations: int, log_every: int) -> tuple[float, 
             line(loop.position)
 
     def make_loop(carry) -> TaskLoop:
-        loops.append(TaskLoop(carry, on_step=after_step))
-        return loops[-1]
+        current["loop"] = TaskLoop(carry, on_step=after_step)
+        return current["loop"]
 
     strategy.config = strategy.config.model_copy(update={"meta_iterations": iterations})
     strategy.loop_factory = make_loop
@@ -57,6 +59,6 @@ def meta_train(strategy, task, iterations: int, log_every: int) -> tuple[float, 
         strategy.learn(task)
     finally:
         strategy.loop_factory = None
-    add(loops[-1])
+    add(current["loop"])
     line(iterations)
     return time.perf_counter() - wall, time.process_time() - cpu

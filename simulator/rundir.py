@@ -145,6 +145,12 @@ def _differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -
     return out
 
 
+def _stream_version(config: dict[str, Any]) -> int | None:
+    """The ``scenario.stream_version`` of a resolved config (None where it has none)."""
+    scenario = config.get("scenario")
+    return scenario.get("stream_version") if isinstance(scenario, dict) else None
+
+
 def _is_ours(path: Path) -> bool:
     return (path.name in RUN_FILES + ("config.json", "checkpoints", "figures", "logs", ".lock", ".write-check")
             or (path.name.startswith(".") and path.name.endswith(".tmp")))
@@ -198,9 +204,10 @@ def prepare(out_dir: Path, experiment, resume: bool, overwrite: bool) -> list:
     saved, now = _read_config(out_dir), to_json(experiment.resolved())
     if config_hash(saved) != config_hash(now):
         differ = _differences(saved, now)
+        stream_changed = _stream_version(saved) != _stream_version(now)
         versions = (f"; this version of the {now['scenario']['name']!r} stream family builds tasks that differ "
                     f"from those its runs were made on (same parameters and seed), so they cannot be continued"
-                    if any(d.startswith("scenario.stream_version ") for d in differ) else "")
+                    if stream_changed else "")
         raise RunDirError(f"{out_dir} holds another experiment ({'; '.join(differ[:4])}"
                           f"{'; ...' if len(differ) > 4 else ''} differ){versions}; choose another --out, or rerun "
                           f"with --overwrite to remove its results first")
